@@ -1,0 +1,395 @@
+"""A local OpenAI-compatible LLM server for tests and the benchmark (127.0.0.1 only).
+
+It speaks the real wire format, so Letta's own OpenAI client talks to it unchanged:
+
+- ``GET  /v1/models`` and ``GET /v1/models/{id}``: the chat and embedding model ids;
+- ``POST /v1/chat/completions``: non-streaming, or streaming as server-sent events
+  (``data: {chunk}`` lines, then ``data: [DONE]``). When tools are offered and the caller forces
+  a tool call (``tool_choice`` ``"required"`` or a named function, as Letta's memgpt-style agents
+  do), the answer is a tool call (``send_message`` with the reply when offered); otherwise
+  (``letta_v1_agent`` sends ``tool_choice="auto"``) it is plain assistant content;
+- ``POST /v1/embeddings``: deterministic unit vectors of the requested (``dimensions``) or declared
+  dimension, as floats or base64 float32 (the ``openai`` package asks for base64 by default).
+
+Every request is recorded (method, path, headers, JSON body) so a test can assert what reached
+the LLM endpoint. With ``api_key`` set, any other bearer token gets OpenAI's 401 body.
+
+Usage::
+
+    with MockOpenAI(api_key="sk-test") as llm:
+        ...  # point a provider at llm.base_url
+        assert llm.chat_requests()[-1].api_key == "sk-test"
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+DEFAULT_CHAT_MODELS: tuple[str, ...] = ("mock-chat-1",)
+DEFAULT_EMBEDDING_MODELS: dict[str, int] = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+DEFAULT_REPLY = "Hello from the mock LLM."
+
+Reply = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request as the mock received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # keys lower-cased
+    body: Any  # parsed JSON, or None when the body was empty or not JSON
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token of the ``Authorization`` header, if any."""
+        auth = self.headers.get("authorization", "")
+        return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+
+@dataclass
+class QueuedError:
+    """An error the mock answers to the next matching request instead of its normal reply."""
+
+    status: int
+    message: str
+    type: str = "server_error"
+    path_suffix: str = "/chat/completions"
+
+
+@dataclass
+class MockOpenAI:
+    """An OpenAI-compatible server in a background thread; ``start()``/``stop()`` or ``with``."""
+
+    chat_models: tuple[str, ...] = DEFAULT_CHAT_MODELS
+    embedding_models: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_MODELS))
+    api_key: str | None = None  # when set, any other bearer token is answered 401
+    reply: Reply = DEFAULT_REPLY
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_s: float = 0.0  # added before each chat completion answer
+
+    def __post_init__(self) -> None:
+        self._requests: list[RecordedRequest] = []
+        self._errors: list[QueuedError] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "MockOpenAI":
+        """Listen on ``host:port`` (a free port when 0) and serve in a daemon thread."""
+        if self._server is not None:
+            return self
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("MockOpenAI only listens on the loopback interface")
+        handler = type("BoundMockOpenAIHandler", (_Handler,), {"mock": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"mock-openai:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call twice."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> "MockOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client (or a Letta provider) takes as ``base_url``."""
+        if self._server is None:
+            raise RuntimeError("MockOpenAI is not started")
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- what reached the mock -------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, path_suffix: str, method: str | None = None) -> list[RecordedRequest]:
+        """The recorded requests whose path ends with ``path_suffix`` (query string ignored)."""
+        return [
+            r for r in self.requests
+            if r.path.split("?", 1)[0].rstrip("/").endswith(path_suffix.rstrip("/")) and (method is None or r.method == method)
+        ]
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The ``POST /v1/chat/completions`` requests received so far."""
+        return self.requests_to("/chat/completions", "POST")
+
+    def clear(self) -> None:
+        """Forget the recorded requests (and any queued errors)."""
+        with self._lock:
+            self._requests.clear()
+            self._errors.clear()
+
+    def queue_error(self, status: int, message: str, type: str = "server_error", path_suffix: str = "/chat/completions") -> None:
+        """Answer the next request to ``path_suffix`` with this error (OpenAI's error body)."""
+        with self._lock:
+            self._errors.append(QueuedError(status, message, type, path_suffix))
+
+    # -- used by the handler ---------------------------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> QueuedError | None:
+        with self._lock:
+            self._requests.append(request)
+            for index, error in enumerate(self._errors):
+                if request.path.split("?", 1)[0].rstrip("/").endswith(error.path_suffix):
+                    return self._errors.pop(index)
+        return None
+
+    def _reply_text(self, body: dict[str, Any]) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
+
+
+def embedding_vector(text: str, dimension: int) -> list[float]:
+    """A deterministic unit vector for ``text``: same text, same vector; different texts differ."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimension:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values.extend((byte - 127.5) / 127.5 for byte in digest)
+        counter += 1
+    values = values[:dimension]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [v / norm for v in values]
+
+
+def _tool_arguments(tool: dict[str, Any], reply: str) -> dict[str, Any]:
+    """Arguments for a forced call of ``tool``: the reply for string parameters, neutral values else."""
+    parameters = tool.get("function", {}).get("parameters", {}) or {}
+    properties: dict[str, Any] = parameters.get("properties", {}) or {}
+    neutral = {"integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}
+    arguments: dict[str, Any] = {}
+    for name in parameters.get("required", []) or []:
+        kind = (properties.get(name) or {}).get("type", "string")
+        arguments[name] = reply if kind == "string" else neutral.get(kind, reply)
+    if "message" in properties:
+        arguments["message"] = reply
+    return arguments
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool the caller forces (``required`` or named), preferring ``send_message``; else None."""
+    tools: list[dict[str, Any]] = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    by_name = {t.get("function", {}).get("name"): t for t in tools}
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name") or choice.get("name")
+        if named in by_name:
+            return by_name[named]
+    return by_name.get("send_message") or tools[0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes one request; ``mock`` is bound on a per-server subclass."""
+
+    mock: MockOpenAI
+    protocol_version = "HTTP/1.1"
+    server_version = "MockOpenAI/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: tests read ``mock.requests`` instead
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _read_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, status: int, message: str, type: str, code: str | None = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": type, "param": None, "code": code}})
+
+    def _handle(self, method: str) -> None:
+        body = self._read_body() if method == "POST" else None
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        request = RecordedRequest(method=method, path=self.path, headers=headers, body=body)
+        queued = self.mock._record(request)
+        if self.mock.api_key is not None and request.api_key != self.mock.api_key:
+            self._send_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return
+        if queued is not None:
+            self._send_error(queued.status, queued.message, queued.type)
+            return
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if method == "GET" and path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self._model(m) for m in self._all_models()]})
+        elif method == "GET" and path.startswith("/v1/models/"):
+            model_id = path[len("/v1/models/"):]
+            if model_id in self._all_models():
+                self._send_json(200, self._model(model_id))
+            else:
+                self._send_error(404, f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found")
+        elif method == "POST" and path == "/v1/chat/completions":
+            self._chat_completions(body if isinstance(body, dict) else {})
+        elif method == "POST" and path == "/v1/embeddings":
+            self._embeddings(body if isinstance(body, dict) else {})
+        else:
+            self._send_error(404, f"Unknown request URL: {method} {path}", "invalid_request_error", "unknown_url")
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        self._handle("POST")
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _all_models(self) -> list[str]:
+        return [*self.mock.chat_models, *self.mock.embedding_models]
+
+    @staticmethod
+    def _model(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "mock"}
+
+    def _chat_completions(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model not in self.mock.chat_models:
+            self._send_error(404, f"The model '{model}' does not exist", "invalid_request_error", "model_not_found")
+            return
+        if self.mock.latency_s:
+            time.sleep(self.mock.latency_s)
+        reply = self.mock._reply_text(body)
+        tool = _forced_tool(body)
+        tool_call = None
+        if tool is not None:
+            tool_call = {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": tool["function"]["name"], "arguments": json.dumps(_tool_arguments(tool, reply))},
+            }
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        prompt_tokens = max(1, len(json.dumps(body.get("messages", []))) // 4)
+        completion_tokens = max(1, len(reply) // 4)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            self._stream(completion_id, model, reply, tool_call, usage if include_usage else None)
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else reply, "refusal": None}
+        if tool_call:
+            message["tool_calls"] = [tool_call]
+        self._send_json(200, {
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if tool_call else "stop"}],
+            "usage": usage, "system_fingerprint": "fp_mock",
+        })
+
+    def _stream(self, completion_id: str, model: str, reply: str, tool_call: dict[str, Any] | None,
+                usage: dict[str, int] | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "system_fingerprint": "fp_mock",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+        events: list[dict[str, Any]] = []
+        if tool_call is None:
+            events.append(chunk({"role": "assistant", "content": ""}))
+            events.extend(chunk({"content": piece}) for piece in _pieces(reply))
+            events.append(chunk({}, "stop"))
+        else:
+            function = tool_call["function"]
+            events.append(chunk({"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": tool_call["id"], "type": "function", "function": {"name": function["name"], "arguments": ""}}]}))
+            events.extend(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                          for piece in _pieces(function["arguments"]))
+            events.append(chunk({}, "tool_calls"))
+        if usage is not None:
+            events.append({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                           "choices": [], "usage": usage})
+        try:
+            for event in events:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model not in self.mock.embedding_models:
+            self._send_error(404, f"The model '{model}' does not exist", "invalid_request_error", "model_not_found")
+            return
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, (str, int)) else list(texts or [])
+        dimension = int(body.get("dimensions") or self.mock.embedding_models[model])
+        data = []
+        for index, text in enumerate(texts):
+            vector = embedding_vector(json.dumps(text) if not isinstance(text, str) else text, dimension)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{dimension}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(max(1, len(str(t)) // 4) for t in texts)
+        self._send_json(200, {"object": "list", "data": data, "model": model,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _pieces(text: str, size: int = 8) -> list[str]:
+    """``text`` split into small deltas, the way a real stream arrives."""
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+def mock_openai(**options: Any) -> Iterator[MockOpenAI]:
+    """Generator for a pytest fixture: ``fixture = pytest.fixture(mock_openai)`` or ``yield from``."""
+    with MockOpenAI(**options) as server:
+        yield server
