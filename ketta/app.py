@@ -33,9 +33,18 @@ def prepare(settings: KettaSettings | None = None, *, migrate: bool = True) -> s
     return uri
 
 
+_app: FastAPI | None = None
+
+
 def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
-    prepare()
-    from letta.server.rest_api.app import app
+    global _app
+    if _app is None:
+        prepare()
+        from letta.server.rest_api.app import app
 
-    return app
+        from ketta.redaction import ProviderSecretsFilter
+
+        app.add_middleware(ProviderSecretsFilter)
+        _app = app
+    return _app

@@ -57,11 +57,11 @@ def server(
     import uvicorn
 
     from ketta import database
-    from ketta.app import prepare
+    from ketta.app import create_app
     from ketta.letta_modifications import PatchDriftError
 
     try:
-        prepare(get_settings())
+        app_ = create_app()
     except (database.DatabaseError, PatchDriftError) as exc:
         database.stop_embedded()
         _fail(str(exc))
@@ -73,10 +73,8 @@ def server(
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
             uvicorn.run("ketta.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False)
         else:
-            from letta.server.rest_api.app import app as letta_app
-
             typer.echo(f"Ketta {__version__} on http://{host}:{port} (letta {LETTA_VERSION})")
-            uvicorn.run(letta_app, host=host, port=port, access_log=False)
+            uvicorn.run(app_, host=host, port=port, access_log=False)
     finally:
         database.stop_embedded()
 

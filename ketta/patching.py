@@ -99,7 +99,8 @@ def drift(patch: Patch) -> str | None:
         return f"upstream source changed (expected {patch.fingerprint}, found {found})"
     if patch.mode != "replace" and patch.target not in _originals:
         owner, name = resolve_owner(patch)
-        if hasattr(owner, name):
+        own = vars(owner) if isinstance(owner, type) else {n: None for n in dir(owner)}
+        if name in own:
             return "attribute now exists upstream"
     return None
 

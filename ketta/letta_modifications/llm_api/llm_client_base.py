@@ -1,0 +1,50 @@
+"""Patches of ``letta/llm_api/llm_client_base.py``: every LLM call takes its provider's key from the database.
+
+Stock Letta reads the stored key only when the agent's ``llm_config.provider_category`` is
+"byok" and uses env vars otherwise. Ketta looks the provider up by name for every call, so
+a key changed with PATCH /v1/providers/{id} is used by the next message, and an agent whose
+provider was deleted gets a 4xx naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from ketta import patching
+from ketta.patching import Patch
+from ketta.provider_keys import lookup_key, lookup_key_async
+from letta.llm_api.llm_client_base import LLMClientBase
+from letta.schemas.llm_config import LLMConfig
+
+TARGET = "letta.llm_api.llm_client_base:LLMClientBase"
+Overrides = Tuple[Optional[str], Optional[str], Optional[str]]
+
+
+def get_byok_overrides(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
+    if not llm_config.provider_name or self.actor is None:
+        return patching.original(f"{TARGET}.get_byok_overrides")(self, llm_config)
+    return lookup_key(llm_config.provider_name, self.actor.organization_id, llm_config.handle), None, None
+
+
+async def get_byok_overrides_async(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
+    if not llm_config.provider_name or self.actor is None:
+        return await patching.original(f"{TARGET}.get_byok_overrides_async")(self, llm_config)
+    return await lookup_key_async(llm_config.provider_name, self.actor.organization_id, llm_config.handle), None, None
+
+
+PATCHES = [
+    Patch(
+        target=f"{TARGET}.get_byok_overrides",
+        replacement=get_byok_overrides,
+        fingerprint="b7cc71d22e99c426",
+        setting="unified_providers",
+        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored.",
+    ),
+    Patch(
+        target=f"{TARGET}.get_byok_overrides_async",
+        replacement=get_byok_overrides_async,
+        fingerprint="bbf41787c2dc9065",
+        setting="unified_providers",
+        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored.",
+    ),
+]

@@ -1,0 +1,62 @@
+"""Patches of ``letta/schemas/providers/base.py``: a registry of provider classes.
+
+Stock ``Provider.cast_to_subtype`` is a hard-coded ``match`` over ``ProviderType``; every new
+provider type would have to patch it again. Here the cast goes through
+:data:`PROVIDER_CLASSES` (``ProviderType`` -> class), prefilled from Letta's own classes and
+Ketta's, and extended with :func:`register_provider_class`.
+"""
+
+from __future__ import annotations
+
+import letta.schemas.providers as letta_providers
+from letta.schemas.enums import ProviderType
+from letta.schemas.providers.base import Provider
+
+from ketta.letta_modifications.schemas.providers.kimi import KimiProvider
+from ketta.patching import Patch
+
+PROVIDER_CLASSES: dict[ProviderType, type[Provider]] = {}
+
+
+def register_provider_class(provider_class: type[Provider]) -> None:
+    """Make ``cast_to_subtype`` produce ``provider_class`` for the type its ``provider_type`` field declares."""
+    default = provider_class.model_fields["provider_type"].default
+    PROVIDER_CLASSES[ProviderType(default)] = provider_class
+
+
+def _register_letta_classes() -> None:
+    """Every class Letta exports whose ``provider_type`` field names one type (its own default)."""
+    for name in letta_providers.__all__:
+        candidate = getattr(letta_providers, name)
+        if isinstance(candidate, type) and issubclass(candidate, Provider) and candidate is not Provider:
+            if isinstance(candidate.model_fields["provider_type"].default, ProviderType):
+                register_provider_class(candidate)
+
+
+def provider_class_for(provider_type: ProviderType | str) -> type[Provider]:
+    try:
+        return PROVIDER_CLASSES[ProviderType(provider_type)]
+    except (KeyError, ValueError):
+        raise ValueError(f"Unknown provider type: {provider_type}") from None
+
+
+def cast_to_subtype(self: Provider) -> Provider:
+    """The stored provider as an instance of its type's class (looked up in the registry)."""
+    if self.base_url == "":
+        self.base_url = None
+    return provider_class_for(self.provider_type)(**self.model_dump(exclude_none=True))
+
+
+_register_letta_classes()
+register_provider_class(KimiProvider)
+
+PATCHES = [
+    Patch(
+        target="letta.schemas.providers.base:Provider.cast_to_subtype",
+        replacement=cast_to_subtype,
+        fingerprint="cec8191ffaedfc4c",
+        setting="kimi_provider",
+        why="Casting a stored provider to its class goes through a ProviderType -> class registry (Kimi included), "
+        "not a hard-coded match that each new provider type would patch again.",
+    ),
+]
