@@ -94,7 +94,7 @@ class KettaProcess:
         self.db_uri = env.get("LETTA_PG_URI", "")
         self._log = open(log_path, "ab")
         command = [sys.executable, "-m", "ketta", "server", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])]
-        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent)
 
     def wait_healthy(self, timeout_s: float = 120) -> float:
         start = time.monotonic()
