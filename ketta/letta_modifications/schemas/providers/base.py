@@ -12,16 +12,19 @@ import letta.schemas.providers as letta_providers
 from letta.schemas.enums import ProviderType
 from letta.schemas.providers.base import Provider
 
-from ketta.letta_modifications.schemas.providers.kimi import KimiProvider
+from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, KimiProvider
 from ketta.patching import Patch
 
-PROVIDER_CLASSES: dict[ProviderType, type[Provider]] = {}
+# ProviderType value -> class. Keyed by the value string: Ketta's own types exist in the enum only
+# once the enum patch ran, which may be after this module is imported.
+PROVIDER_CLASSES: dict[str, type[Provider]] = {}
 
 
-def register_provider_class(provider_class: type[Provider]) -> None:
-    """Make ``cast_to_subtype`` produce ``provider_class`` for the type its ``provider_type`` field declares."""
-    default = provider_class.model_fields["provider_type"].default
-    PROVIDER_CLASSES[ProviderType(default)] = provider_class
+def register_provider_class(provider_class: type[Provider], provider_type: ProviderType | str | None = None) -> None:
+    """Make ``cast_to_subtype`` produce ``provider_class`` for ``provider_type`` (default: its field's default)."""
+    if provider_type is None:
+        provider_type = provider_class.model_fields["provider_type"].default
+    PROVIDER_CLASSES[getattr(provider_type, "value", provider_type)] = provider_class
 
 
 def _register_letta_classes() -> None:
@@ -35,8 +38,8 @@ def _register_letta_classes() -> None:
 
 def provider_class_for(provider_type: ProviderType | str) -> type[Provider]:
     try:
-        return PROVIDER_CLASSES[ProviderType(provider_type)]
-    except (KeyError, ValueError):
+        return PROVIDER_CLASSES[getattr(provider_type, "value", provider_type)]
+    except KeyError:
         raise ValueError(f"Unknown provider type: {provider_type}") from None
 
 
@@ -48,7 +51,7 @@ def cast_to_subtype(self: Provider) -> Provider:
 
 
 _register_letta_classes()
-register_provider_class(KimiProvider)
+register_provider_class(KimiProvider, KIMI_PROVIDER_TYPE)
 
 PATCHES = [
     Patch(

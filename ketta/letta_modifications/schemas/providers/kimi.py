@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Literal
-
 import httpx
 from fastapi import HTTPException
 from pydantic import Field
@@ -101,6 +99,9 @@ def moonshot_error_message(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
+KIMI_PROVIDER_TYPE = "kimi"
+
+
 class MoonshotUnreachable(Exception):
     """Moonshot did not answer usefully (network error, timeout, 5xx): an outage, not a refusal."""
 
@@ -112,7 +113,9 @@ class MoonshotUnreachable(Exception):
 class KimiProvider(Provider):
     """Moonshot AI: live model list with a K2 fallback, key checks, no embeddings."""
 
-    provider_type: Literal[ProviderType.kimi] = Field(ProviderType.kimi, description="The type of the provider.")
+    # The enum member exists only once Ketta's enum patch ran, and this module may be imported
+    # before (``ketta patches``), so the default is looked up when an instance is made.
+    provider_type: ProviderType = Field(default_factory=lambda: ProviderType(KIMI_PROVIDER_TYPE), description="The type of the provider.")
     provider_category: ProviderCategory = Field(ProviderCategory.byok, description="The category of the provider (base or byok)")
     base_url: str = Field(MOONSHOT_CHINA_BASE_URL, description="Moonshot API base URL (China .cn, global .ai, or a proxy).")
 
