@@ -170,6 +170,31 @@ def patches_fingerprint(target: str = typer.Argument(..., help="module:Class.att
     typer.echo(patching.current_fingerprint(probe))
 
 
+@providers_app.command("import-env")
+def providers_import_env() -> None:
+    """Create database providers from the usual env keys (OPENAI_API_KEY, ANTHROPIC_API_KEY,
+    GEMINI_API_KEY, OLLAMA_BASE_URL, MOONSHOT_API_KEY, ...), once; existing names are left alone."""
+    import asyncio
+
+    from ketta import database
+    from ketta.app import prepare
+    from ketta.import_env import import_env_providers
+
+    try:
+        prepare(get_settings())
+        outcomes = asyncio.run(import_env_providers())
+    except database.DatabaseError as exc:
+        _fail(str(exc))
+    finally:
+        database.stop_embedded()
+    if not outcomes:
+        typer.echo("no provider configured in the environment")
+    for name, outcome in outcomes:
+        typer.echo(f"{name}: {outcome}")
+    if any(outcome.startswith("refused") for _, outcome in outcomes):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

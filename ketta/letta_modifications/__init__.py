@@ -20,12 +20,17 @@ from ketta.settings import KettaSettings
 PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.enums",
     "ketta.letta_modifications.schemas.providers.openai",
+    "ketta.letta_modifications.schemas.model",
     "ketta.letta_modifications.services.provider_manager",
     "ketta.letta_modifications.server.server",
     "ketta.letta_modifications.server.rest_api.app",
     "ketta.letta_modifications.llm_api.llm_client_base",
     "ketta.letta_modifications.llm_api.openai_client",
     "ketta.letta_modifications.agents.agent_loop",
+    "ketta.letta_modifications.schemas.providers",
+    "ketta.letta_modifications.schemas.providers.base",
+    "ketta.letta_modifications.llm_api.llm_client",
+    "ketta.letta_modifications.services.agent_manager",
 )
 
 
