@@ -51,9 +51,7 @@ class ProviderMissing(HTTPException):
 
 def clean_provider_name(name: str | None) -> str:
     """Trimmed name, 1–100 characters, no '/' (a handle is '{provider name}/{model}')."""
-    if name is None:
-        raise ProviderInputError("Provider 'name' is required.")
-    cleaned = name.strip()
+    cleaned = (name or "").strip()
     if not cleaned:
         raise ProviderInputError("Provider 'name' must not be empty.")
     if len(cleaned) > MAX_NAME_LENGTH:

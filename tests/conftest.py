@@ -155,7 +155,12 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iter
     admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    proc = KettaProcess(clean_env(KETTA_HOME=str(home), LETTA_PG_URI=with_database(pg_uri, name)), home / "server.log")
+    env = clean_env(
+        KETTA_HOME=str(home),
+        LETTA_PG_URI=with_database(pg_uri, name),
+        KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
+    )
+    proc = KettaProcess(env, home / "server.log")
     proc.wait_healthy()
     yield proc
     proc.stop()

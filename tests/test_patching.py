@@ -1,0 +1,113 @@
+"""The patch layer: declared, ordered, idempotent, reversible, and verify catches drift."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from ketta import letta_modifications, patching
+from ketta.patching import Patch
+from ketta.settings import KettaSettings
+
+
+@pytest.fixture
+def scratch_module(monkeypatch):
+    """A throwaway 'upstream' module to patch, registered in sys.modules."""
+    module = types.ModuleType("ketta_scratch_upstream")
+    source = "class Greeter:\n    def greet(self):\n        return 'stock'\n"
+    exec(compile(source, "<scratch>", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module
+
+
+def make_patch(fingerprint: str, target: str = "ketta_scratch_upstream:Greeter.greet") -> Patch:
+    return Patch(target=target, replacement=lambda self: "ketta", fingerprint=fingerprint, setting="hard_delete", why="test")
+
+
+def test_apply_is_idempotent_and_revert_restores_the_original(scratch_module):
+    patch = make_patch(fingerprint="x")
+    original = scratch_module.Greeter.__dict__["greet"]
+    assert patching.apply(patch) is True
+    assert patching.apply(patch) is False
+    assert scratch_module.Greeter().greet() == "ketta"
+    assert patching.original(patch.target) is original
+    assert patching.is_applied(patch)
+    assert patching.revert(patch) is True
+    assert scratch_module.Greeter().greet() == "stock"
+    assert patching.revert(patch) is False
+
+
+def test_drift_names_a_missing_target_and_a_changed_source(scratch_module):
+    live = patching.current_fingerprint(make_patch(fingerprint=""))
+    assert patching.drift(make_patch(fingerprint=live)) is None
+    assert "upstream source changed" in patching.drift(make_patch(fingerprint="0" * 16))
+    assert "target missing" in patching.drift(make_patch(fingerprint=live, target="ketta_scratch_upstream:Greeter.gone"))
+    assert "target missing" in patching.drift(make_patch(fingerprint=live, target="no_such_module_xyz:f"))
+
+
+def test_every_declared_patch_matches_installed_letta():
+    declared = list(letta_modifications.iter_patches())
+    assert len(declared) >= 10
+    targets = [p.target for _, p in declared]
+    assert len(targets) == len(set(targets)), "a target is patched twice"
+    for module, patch in declared:
+        assert patch.why and patch.setting in KettaSettings.model_fields, patch.target
+    assert letta_modifications.verify() == []
+
+
+def test_enum_patch_is_first_so_pydantic_schemas_see_kimi():
+    modules = letta_modifications.PATCH_MODULES
+    assert modules[0] == "ketta.letta_modifications.schemas.enums"
+
+
+def test_verify_command_exits_nonzero_naming_a_changed_target(tmp_path):
+    """Simulate an upgraded Letta: a declared target's source changed on disk."""
+    script = tmp_path / "drift.py"
+    script.write_text(
+        "import sys\n"
+        "from ketta import cli, letta_modifications\n"
+        "import letta.services.provider_manager as pm\n"
+        "async def delete_provider_by_id_async(self, provider_id, actor):\n"
+        "    return 'an upstream fix'\n"
+        "pm.ProviderManager.delete_provider_by_id_async = delete_provider_by_id_async\n"
+        "sys.argv = ['ketta', 'patches', 'verify']\n"
+        "cli.main()\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "DRIFT letta.services.provider_manager:ProviderManager.delete_provider_by_id_async" in result.stdout
+    assert "1 of" in result.stderr
+
+
+def test_verify_command_passes_on_the_pinned_letta():
+    result = subprocess.run([sys.executable, "-m", "ketta", "patches", "verify"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "patches match the installed Letta" in result.stdout
+
+
+def test_apply_all_refuses_drift_unless_allowed(monkeypatch, scratch_module):
+    drifting = make_patch(fingerprint="0" * 16)
+    module = types.ModuleType("ketta_scratch_patches")
+    module.PATCHES = [drifting]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(letta_modifications, "PATCH_MODULES", (module.__name__,))
+    with pytest.raises(letta_modifications.PatchDriftError, match="Greeter.greet"):
+        letta_modifications.apply_all(KettaSettings())
+    assert scratch_module.Greeter().greet() == "stock"
+    applied = letta_modifications.apply_all(KettaSettings(allow_patch_drift=True))
+    assert applied == [drifting] and scratch_module.Greeter().greet() == "ketta"
+    letta_modifications.revert_all()
+    assert scratch_module.Greeter().greet() == "stock"
+
+
+def test_disabled_setting_leaves_upstream_untouched(monkeypatch, scratch_module):
+    patch = make_patch(fingerprint=patching.current_fingerprint(make_patch("")))
+    module = types.ModuleType("ketta_scratch_patches2")
+    module.PATCHES = [patch]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(letta_modifications, "PATCH_MODULES", (module.__name__,))
+    assert letta_modifications.apply_all(KettaSettings(hard_delete=False)) == []
+    assert scratch_module.Greeter().greet() == "stock"
