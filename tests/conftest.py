@@ -110,11 +110,11 @@ class KettaProcess:
         raise TimeoutError(f"ketta server not healthy after {timeout_s}s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 4000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.log_text()[-chars:]
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 30) -> int:

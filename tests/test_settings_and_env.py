@@ -1,0 +1,96 @@
+"""Settings gate the patches; env vars configure nothing at start-up; keys stay secret.
+
+Each test here starts its own server (it needs its own environment).
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from conftest import clean_env
+from ketta.database import sync_url
+from mock_openai import MockOpenAI
+
+SECRET = "sk-very-secret-0123456789"
+
+
+def rows(db_uri: str, query: str, **params) -> list[dict]:
+    engine = sa.create_engine(sync_url(db_uri), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+    finally:
+        engine.dispose()
+
+
+def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(start_ketta, database_uri, tmp_path):
+    with MockOpenAI(api_key=SECRET) as llm:
+        home = tmp_path / "home"
+        env = {"LETTA_PG_URI": database_uri, "KETTA_HOME": str(home), "OPENAI_API_KEY": SECRET, "OPENAI_API_BASE": llm.base_url}
+        server = start_ketta(env=env)
+        api = httpx.Client(base_url=server.url, timeout=120)
+
+        # No base providers: nothing synced from OPENAI_API_KEY, no call to its API.
+        assert rows(database_uri, "SELECT name FROM providers") == []
+        assert api.get("/v1/providers/").json() == []
+        assert llm.requests == []
+
+        # Encryption at rest by default: a key made once under KETTA_HOME, mode 0600.
+        key_file = home / "encryption_key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+        created = api.post("/v1/providers/", json={"name": "mine", "provider_type": "openai", "api_key": SECRET, "base_url": llm.base_url})
+        assert created.status_code == 200 and SECRET not in created.text
+        [row] = rows(database_uri, "SELECT api_key_enc, api_key FROM providers WHERE name = 'mine'")
+        assert row["api_key_enc"] and SECRET not in row["api_key_enc"] and not row["api_key"]
+        agent = api.post("/v1/agents/", json={"model": "mine/mock-chat-1", "embedding": "mine/text-embedding-3-small"}).json()
+        assert api.post(f"/v1/agents/{agent['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert llm.chat_requests()[-1].api_key == SECRET
+        for path in ("/v1/providers/", f"/v1/providers/{created.json()['id']}"):
+            assert SECRET not in api.get(path).text
+        server.stop()
+        assert SECRET not in server.log_text()
+
+        # `ketta providers import-env` creates the env providers once, idempotently.
+        cli_env = clean_env(**env)
+        first = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert "openai: created" in first.stdout
+        second = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
+        assert "openai: exists, left as is" in second.stdout
+        imported = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
+        assert imported == [{"organization_id": "org-00000000-0000-4000-8000-000000000000", "provider_category": "byok"}]
+        assert SECRET not in first.stdout + first.stderr
+
+
+def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
+    with MockOpenAI(api_key="sk-stock") as llm:
+        env = {
+            "LETTA_PG_URI": database_uri,
+            "KETTA_UNIFIED_PROVIDERS": "false",
+            "KETTA_HARD_DELETE": "false",
+            "KETTA_NO_OPENAI_PROXY": "false",
+            "KETTA_ENV_KEY_FALLBACK": "false",
+            "OPENAI_API_KEY": "sk-stock",
+            "OPENAI_API_BASE": llm.base_url,
+        }
+        server = start_ketta(env=env)
+        api = httpx.Client(base_url=server.url, timeout=120)
+        # Stock: env providers are synced as global base rows, hidden from GET /v1/providers/.
+        base = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
+        assert base == [{"organization_id": None, "provider_category": "base"}]
+        assert "openai" not in [p["name"] for p in api.get("/v1/providers/").json()]
+        # Stock: a custom base_url gives openai-proxy handles.
+        created = api.post("/v1/providers/", json={"name": "CC Test", "provider_type": "openai", "api_key": "sk-stock", "base_url": llm.base_url})
+        assert created.status_code == 200
+        handles = [m["handle"] for m in api.get("/v1/models/", params={"provider_name": "CC Test"}).json()]
+        assert "openai-proxy/mock-chat-1" in handles
+        # Stock: delete is soft.
+        assert api.delete(f"/v1/providers/{created.json()['id']}").status_code == 200
+        assert rows(database_uri, "SELECT is_deleted FROM providers WHERE name = 'CC Test'") == [{"is_deleted": True}]
