@@ -26,6 +26,7 @@ data (tests/data/letta-0.16.8-schema.json) and say how two such snapshots differ
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +44,8 @@ MIGRATION_LOCK_KEY = int.from_bytes(b"ketta-db", "big")
 SCRIPT_DIRECTORY = Path(__file__).resolve().parent.parent / "alembic"
 # A few of Letta's tables: if any exists without a version table, someone made this schema by hand.
 LETTA_MARKER_TABLES = ("organizations", "agents", "messages", "providers", "users")
+# alembic's ``context`` and ``op`` are module globals: one migration at a time per process too.
+_in_process_lock = threading.Lock()
 
 
 class MigrationError(RuntimeError):
@@ -118,7 +121,7 @@ def _run(uri: str, action) -> None:
 
     engine = _engine(uri)
     try:
-        with engine.connect() as connection, connection.begin():
+        with _in_process_lock, engine.connect() as connection, connection.begin():
             _locked_transaction(connection)
             action(connection, _alembic_config(connection))
     except CommandError as exc:

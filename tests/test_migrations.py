@@ -175,24 +175,35 @@ def test_unknown_target_revision_is_a_migration_error(database_uri: str) -> None
 # --- advisory lock ---------------------------------------------------------------------------
 
 
-def test_two_concurrent_upgrades_apply_the_schema_once(database_uri: str, reference: dict, engine_for) -> None:
-    start_together = threading.Barrier(2)
-    errors: list[BaseException] = []
+UPGRADE_ON_GO = """
+import sys
+from ketta import migrations
+print("ready", flush=True)
+sys.stdin.readline()
+migrations.upgrade(sys.argv[1])
+"""
 
-    def start_server_migration() -> None:
-        try:
-            start_together.wait()
-            migrations.upgrade(database_uri)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
 
-    threads = [threading.Thread(target=start_server_migration) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+def test_two_servers_upgrading_together_apply_the_schema_once(database_uri: str, reference: dict, engine_for) -> None:
+    """Two processes (like two servers starting) released at the same instant on one fresh database."""
+    servers = [
+        subprocess.Popen([sys.executable, "-c", UPGRADE_ON_GO, database_uri], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for server in servers:
+            assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        for server in servers:
+            server.stdin.write("go\n")
+            server.stdin.flush()
+        outcomes = [server.communicate(timeout=60) for server in servers]
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.kill()
 
-    assert errors == []
+    assert [server.returncode for server in servers] == [0, 0], [stderr[-2000:] for _, stderr in outcomes]
     with engine_for(database_uri).connect() as conn:
         assert conn.execute(sa.text(f"SELECT version_num FROM {migrations.VERSION_TABLE}")).scalars().all() == [HEAD]
     assert_no_schema_difference(migrations.snapshot_database(database_uri, exclude_tables=KETTA_TABLES), reference)
