@@ -25,14 +25,18 @@ data (tests/data/letta-0.16.8-schema.json) and say how two such snapshots differ
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 VERSION_TABLE = "ketta_alembic_version"
 LETTA_VERSION_TABLE = "alembic_version"
@@ -48,11 +52,27 @@ LETTA_MARKER_TABLES = ("organizations", "agents", "messages", "providers", "user
 _in_process_lock = threading.Lock()
 
 
+def _quiet_alembic_logs() -> None:
+    """Keep alembic's "Running upgrade ..." lines, drop its per-run set-up chatter."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _SetupChatterFilter) for f in migration_log.filters):
+        migration_log.addFilter(_SetupChatterFilter())
+
+
+class _SetupChatterFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl", "Will assume"))
+
+
+_quiet_alembic_logs()  # before alembic is first imported: its plugin set-up logs at import
+
+
 class MigrationError(RuntimeError):
     """A database Ketta will not migrate; the message says why and what to do."""
 
 
-def _alembic_config(connection: Connection):
+def _alembic_config(connection: Connection) -> "Config":
     from alembic.config import Config
 
     if not (SCRIPT_DIRECTORY / "env.py").is_file():
@@ -80,7 +100,7 @@ def _ketta_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def _adopt_or_refuse(connection: Connection, config) -> None:
+def _adopt_or_refuse(connection: Connection, config: "Config") -> None:
     """Stamp the baseline on a Letta 0.16.8 database; refuse databases of unknown provenance."""
     from alembic import command
 
@@ -115,7 +135,7 @@ def _locked_transaction(connection: Connection) -> None:
     connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
-def _run(uri: str, action) -> None:
+def _run(uri: str, action: Callable[[Connection, "Config"], None]) -> None:
     """Run ``action(connection, config)`` in one transaction under the migration lock."""
     from alembic.util.exc import CommandError
 
@@ -137,7 +157,7 @@ def upgrade(uri: str, revision: str = "head") -> None:
     """Bring the database to ``revision``: baseline on an empty one, adoption of a Letta 0.16.8 one."""
     from alembic import command
 
-    def action(connection: Connection, config) -> None:
+    def action(connection: Connection, config: "Config") -> None:
         _adopt_or_refuse(connection, config)
         command.upgrade(config, revision)
 
@@ -148,7 +168,7 @@ def downgrade(uri: str, revision: str) -> None:
     """Revert to ``revision``. Reverting the baseline ("base") drops every Letta table and its data."""
     from alembic import command
 
-    def action(connection: Connection, config) -> None:
+    def action(connection: Connection, config: "Config") -> None:
         if not _table_exists(connection, VERSION_TABLE):
             raise MigrationError(f"This database has no {VERSION_TABLE} table: Ketta has not migrated it, nothing to revert.")
         command.downgrade(config, revision)
