@@ -56,13 +56,13 @@ def server(
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
     import uvicorn
 
-    from ketta import database
+    from ketta import database, migrations
     from ketta.app import create_app
     from ketta.letta_modifications import PatchDriftError
 
     try:
         app_ = create_app()
-    except (database.DatabaseError, PatchDriftError) as exc:
+    except (database.DatabaseError, migrations.MigrationError, PatchDriftError) as exc:
         database.stop_embedded()
         _fail(str(exc))
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with the default SIGTERM
@@ -176,14 +176,14 @@ def providers_import_env() -> None:
     GEMINI_API_KEY, OLLAMA_BASE_URL, MOONSHOT_API_KEY, ...), once; existing names are left alone."""
     import asyncio
 
-    from ketta import database
+    from ketta import database, migrations
     from ketta.app import prepare
     from ketta.import_env import import_env_providers
 
     try:
         prepare(get_settings())
         outcomes = asyncio.run(import_env_providers())
-    except database.DatabaseError as exc:
+    except (database.DatabaseError, migrations.MigrationError) as exc:
         _fail(str(exc))
     finally:
         database.stop_embedded()
