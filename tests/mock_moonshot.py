@@ -50,6 +50,12 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def _is_letta_event(content: Any) -> bool:
+    """Letta's heartbeat/login notes come as user messages holding JSON; they are not the user talking."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    return text.lstrip().startswith("{") and '"type"' in text
+
+
 def is_thinking(model: str) -> bool:
     return "thinking" in model or model.startswith(("kimi-k2.5", "kimi-k2.6", "kimi-k3"))
 
@@ -145,13 +151,14 @@ class MockMoonshot:
             return self.script.pop(0)
         tools = {t["function"]["name"]: t["function"] for t in body.get("tools") or []}
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
-        if last.get("role") == "tool":
+        real_user = [i for i, m in enumerate(messages) if m.get("role") == "user" and not _is_letta_event(m.get("content"))]
+        since_user = messages[real_user[-1] + 1:] if real_user else []
+        if any(m.get("role") == "tool" for m in since_user):
             if "send_message" in tools:
                 return Reply(tool="send_message", arguments={"message": "Noted, thank you!"})
             return Reply(content="Noted, thank you!")
         for name, arguments in (("core_memory_append", {"label": "human", "content": "Likes tea."}),
-                                ("memory_insert", {"label": "human", "new_str": "Likes tea."})):
+                                ("memory_insert", {"label": "human", "new_string": "Likes tea."})):
             if name in tools:
                 return Reply(tool=name, arguments=arguments)
         if "send_message" in tools:
