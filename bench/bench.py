@@ -15,7 +15,7 @@ server at a time (the other is stopped, so they never compete for CPU):
 Prints a table with the medians and the ratios ketta/letta (below 1: Ketta is faster). Nothing
 leaves the machine: servers get an unroutable proxy for everything but 127.0.0.1.
 
-    .venv/bin/python bench/bench.py [--messages 30] [--model-requests 20] [--providers 50]
+    .venv/bin/python bench/bench.py [--messages 20] [--model-requests 10] [--providers 50] [--starts 2]
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class ServerFigures:
     chat_handle: str = ""
     models_listed: int = 0
     llm_calls: int = 0
+    upstream_calls_per_listing: float = 0.0  # requests to the mock LLM per GET /v1/models/
+    provider_create_ms: list[float] = field(default_factory=list)
 
     @property
     def cold_start_median_s(self) -> float:
@@ -196,10 +198,14 @@ def measure(figures: ServerFigures, server: ServerProcess, llm: MockOpenAI, args
         figures.llm_calls = len(calls)
 
         for index in range(1, args.providers):
+            start = time.perf_counter()
             create_provider(http, f"bench-provider-{index:02d}", llm)
+            figures.provider_create_ms.append((time.perf_counter() - start) * 1000)
         for _ in range(args.warmup):
             http.get("/v1/models/").raise_for_status()
+        llm.clear()
         figures.models_ms = [timed_ms(lambda: http.get("/v1/models/")) for _ in range(args.model_requests)]
+        figures.upstream_calls_per_listing = len(llm.requests) / args.model_requests
         figures.models_listed = len(http.get("/v1/models/").json())
 
 
@@ -244,16 +250,19 @@ def print_table(letta: ServerFigures, ketta: ServerFigures, args: argparse.Names
     for label, stock, ours, number in rows:
         print(f"{label:<{width}}  {number.format(stock):>9}  {number.format(ours):>9}  {ours / stock:>11.2f}")
     print()
-    print(f"agent type {AGENT_TYPE}; chat handles: letta {letta.chat_handle!r}, ketta {ketta.chat_handle!r}; "
-          f"models listed: letta {letta.models_listed}, ketta {ketta.models_listed}")
+    print(f"agent type {AGENT_TYPE}; chat handles: letta {letta.chat_handle!r}, ketta {ketta.chat_handle!r}")
+    print(f"models listed: letta {letta.models_listed}, ketta {ketta.models_listed}; calls to the mock LLM per "
+          f"listing: letta {letta.upstream_calls_per_listing:g}, ketta {ketta.upstream_calls_per_listing:g}; "
+          f"POST /v1/providers/ median (ms): letta {statistics.median(letta.provider_create_ms or [0]):.0f}, "
+          f"ketta {statistics.median(ketta.provider_create_ms or [0]):.0f}")
     print(f"cold starts (s): letta {[round(s, 1) for s in letta.cold_starts_s]}, ketta {[round(s, 1) for s in ketta.cold_starts_s]}")
     print("ratio < 1: Ketta is faster. Each server ran alone (letta, ketta, then ketta, letta), on one embedded PostgreSQL.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=30, help="messages timed per server (default 30)")
-    parser.add_argument("--model-requests", type=int, default=20, help="GET /v1/models/ requests timed (default 20)")
+    parser.add_argument("--messages", type=int, default=20, help="messages timed per server (default 20)")
+    parser.add_argument("--model-requests", type=int, default=10, help="GET /v1/models/ requests timed (default 10)")
     parser.add_argument("--providers", type=int, default=50, help="providers present while listing models (default 50)")
     parser.add_argument("--starts", type=int, default=2, help="cold starts per server (default 2, the last one measures the rest)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests before each measurement (default 2)")
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     args = parser.parse_args(argv)
 
+    began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="ketta-bench-"))
     print(f"work directory {work}", flush=True)
     postgres = None
@@ -302,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: healthy in {figures.cold_starts_s[-1]:.1f}s, message {figures.message_median_ms:.0f} ms, "
                       f"models {figures.models_median_ms:.1f} ms", flush=True)
         print_table(results["letta"], results["ketta"], args)
+        print(f"benchmark took {time.monotonic() - began:.0f}s")
         if args.json:
             args.json.write_text(json.dumps({k: {**asdict(v), "cold_start_median_s": v.cold_start_median_s,
                                                  "message_median_ms": v.message_median_ms,
