@@ -4,7 +4,8 @@ Each module here mirrors the Letta module it patches (``services/provider_manage
 patches ``letta/services/provider_manager.py``) and exports ``PATCHES``, a list of
 :class:`ketta.patching.Patch`. Modules are imported lazily and in this order: the enum
 patch comes first because pydantic freezes an enum's members into every schema built
-from it, and most of Letta builds its schemas on import.
+from it, and most of Letta builds its schemas on import. A module may define
+``after_apply()``, run once its patches are done (enabled or not).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
                 )
             if patching.apply(patch):
                 applied.append(patch)
+        finish = getattr(module, "after_apply", None)
+        if finish is not None:
+            finish()
     return applied
 
 
