@@ -1,11 +1,29 @@
-"""Patches of ``letta/server/server.py``: no start-up sync of env-configured providers."""
+"""Patches of ``letta/server/server.py``: no start-up sync of env-configured providers, and a
+model listing that reads the organization's providers and models in two queries.
+
+Stock ``list_llm_models_async`` first walks every model looking for "base" providers (one
+provider query per provider), then lists each BYOK provider's models again (two queries per
+provider): with 50 providers that is ~150 queries for a list Ketta can read in two.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import List, Optional
 
+from sqlalchemy import select
+
+from ketta import patching
 from ketta.patching import Patch
+from letta import constants
+from letta.orm.provider import Provider as ProviderRow
+from letta.orm.provider_model import ProviderModel as ProviderModelRow
+from letta.schemas.enums import ProviderCategory, ProviderType
+from letta.schemas.llm_config import LLMConfig
+from letta.schemas.user import User
+from letta.server.db import db_registry
 from letta.server.server import SyncServer
+from letta.settings import model_settings
 
 log = logging.getLogger("ketta.providers")
 
@@ -16,7 +34,70 @@ async def _sync_provider_models_async(self: SyncServer) -> None:
     log.info("Ketta: no base provider models to sync at start-up")
 
 
+LIST_TARGET = "letta.server.server:SyncServer.list_llm_models_async"
+
+
+async def list_llm_models_async(
+    self: SyncServer,
+    actor: User,
+    provider_category: Optional[List[ProviderCategory]] = None,
+    provider_name: Optional[str] = None,
+    provider_type: Optional[ProviderType] = None,
+) -> List[LLMConfig]:
+    """The organization's LLM models from the database; stock code for the cases it special-cases."""
+    if model_settings.auto_mode_enabled:
+        return await patching.original(LIST_TARGET)(self, actor, provider_category, provider_name, provider_type)
+    if provider_category and ProviderCategory.byok not in provider_category:
+        return []  # every Ketta provider is an organization's own ("byok"); there are no base providers
+    async with db_registry.async_session() as session:
+        query = select(ProviderRow).where(ProviderRow.organization_id == actor.organization_id, ProviderRow.is_deleted.is_(False))
+        if provider_name:
+            query = query.where(ProviderRow.name == provider_name)
+        if provider_type:
+            query = query.where(ProviderRow.provider_type == provider_type.value)
+        providers = list((await session.execute(query)).scalars())
+        needs_stock = any(p.last_synced is None or p.provider_type == ProviderType.chatgpt_oauth.value for p in providers)
+        if not needs_stock and providers:
+            models_query = select(ProviderModelRow).where(
+                ProviderModelRow.provider_id.in_([p.id for p in providers]),
+                ProviderModelRow.model_type == "llm",
+                ProviderModelRow.enabled.is_(True),
+                ProviderModelRow.is_deleted.is_(False),
+            )
+            models = list((await session.execute(models_query)).scalars())
+        providers = [row.to_pydantic() for row in providers]
+    if needs_stock:  # first listing syncs the models; chatgpt_oauth backfills its fixed list
+        return await patching.original(LIST_TARGET)(self, actor, provider_category, provider_name, provider_type)
+    if not providers:
+        return []
+    typed = {p.id: p.cast_to_subtype() for p in providers}
+    configs = []
+    for model in models:
+        provider = typed[model.provider_id]
+        configs.append(
+            LLMConfig(
+                model=model.name,
+                model_endpoint_type=model.model_endpoint_type,
+                model_endpoint=provider.base_url,
+                context_window=model.max_context_window or constants.DEFAULT_CONTEXT_WINDOW,
+                handle=model.handle,
+                provider_name=provider.name,
+                provider_category=ProviderCategory.byok,
+                max_tokens=provider.get_default_max_output_tokens(model.name),
+            )
+        )
+    configs.sort(key=self._get_provider_sort_key)
+    return configs
+
+
 PATCHES = [
+    Patch(
+        target=LIST_TARGET,
+        replacement=list_llm_models_async,
+        fingerprint="4af0d9465004f7fb",
+        setting="unified_providers",
+        why="GET /v1/models/ reads the organization's providers and models in two queries instead of ~3 per provider.",
+    ),
     Patch(
         target="letta.server.server:SyncServer._sync_provider_models_async",
         replacement=_sync_provider_models_async,
