@@ -9,6 +9,7 @@ small psycopg2 engine of their own.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -17,6 +18,24 @@ from ketta.providers import ProviderMissing, env_fallback_key
 from ketta.settings import get_settings
 
 _KEY_QUERY = sa.text("SELECT api_key_enc FROM providers WHERE name = :name AND organization_id = :org LIMIT 1")
+
+# (organization, provider name) -> (found, encrypted key), read once per request: the agent loop
+# checks its provider when it is built, and the LLM calls of that request reuse the row.
+_request_rows: ContextVar[dict[tuple[str, str], tuple[bool, str | None]] | None] = ContextVar("ketta_provider_rows", default=None)
+
+
+def _remember(provider_name: str, organization_id: str, row: tuple[bool, str | None]) -> tuple[bool, str | None]:
+    rows = _request_rows.get()
+    if rows is None:
+        rows = {}
+        _request_rows.set(rows)
+    rows[(organization_id, provider_name)] = row
+    return row
+
+
+def _remembered(provider_name: str, organization_id: str) -> tuple[bool, str | None] | None:
+    rows = _request_rows.get()
+    return rows.get((organization_id, provider_name)) if rows else None
 
 
 def _resolve(found: bool, encrypted: str | None, provider_name: str, handle: str | None) -> str | None:
@@ -34,16 +53,19 @@ async def lookup_key_async(provider_name: str, organization_id: str, handle: str
     """The provider's stored key (env fallback if none stored); ProviderMissing if it was deleted."""
     from letta.server.db import db_registry
 
-    async with db_registry.async_session() as session:
-        row = (await session.execute(_KEY_QUERY, {"name": provider_name, "org": organization_id})).first()
-    return _resolve(row is not None, row[0] if row else None, provider_name, handle)
+    remembered = _remembered(provider_name, organization_id)
+    if remembered is None:
+        async with db_registry.async_session() as session:
+            row = (await session.execute(_KEY_QUERY, {"name": provider_name, "org": organization_id})).first()
+        remembered = (row is not None, row[0] if row else None)
+    return _resolve(*remembered, provider_name, handle)
 
 
 @lru_cache(maxsize=1)
 def _sync_engine(uri: str) -> sa.Engine:
     from ketta.database import sync_url
 
-    return sa.create_engine(sync_url(uri), pool_size=2, max_overflow=4, pool_pre_ping=True)
+    return sa.create_engine(sync_url(uri), pool_size=2, max_overflow=4, pool_recycle=300)
 
 
 def _stored_key_sync(provider_name: str, organization_id: str) -> tuple[bool, str | None]:
@@ -58,7 +80,8 @@ def lookup_key(provider_name: str, organization_id: str, handle: str | None = No
 
 
 def require_provider(provider_name: str, organization_id: str, handle: str | None = None) -> None:
-    """ProviderMissing (400) unless the organization has a provider of that name."""
-    found, _ = _stored_key_sync(provider_name, organization_id)
+    """ProviderMissing (400) unless the organization has a provider of that name; the row is
+    kept for the rest of this request's LLM calls."""
+    found, _ = _remember(provider_name, organization_id, _stored_key_sync(provider_name, organization_id))
     if not found:
         raise ProviderMissing(provider_name, handle)
