@@ -20,7 +20,7 @@ from ketta import migrations
 from ketta.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0002_unify_providers"
+HEAD = "0003_provider_named_handles"
 KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE)
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
@@ -237,6 +237,8 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     migrations.upgrade(database_uri)
 
     migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0002_unify_providers"
+    migrations.downgrade(database_uri, migrations.BASELINE_REVISION)
     assert migrations.current(database_uri) == migrations.BASELINE_REVISION
     migrations.downgrade(database_uri, "base")
 
@@ -364,3 +366,34 @@ def test_frozen_default_org_matches_letta() -> None:
     constants = (letta_dir / "constants.py").read_text()
     assert f'DEFAULT_ORG_ID = "{DEFAULT_ORG}"' in constants
     assert 'DEFAULT_ORG_NAME = "default_org"' in constants
+
+
+PROXY_ERA_ROWS = """
+INSERT INTO organizations (id, name, privileged_tools) VALUES ('org-a', 'a', false);
+INSERT INTO providers (id, name, provider_type, provider_category, organization_id, is_deleted) VALUES
+  ('provider-cc', 'CC Test', 'openai', 'byok', 'org-a', false);
+INSERT INTO provider_models (id, handle, display_name, name, provider_id, organization_id, model_type, model_endpoint_type, is_deleted) VALUES
+  ('m-proxy', 'openai-proxy/m1', 'm1', 'm1', 'provider-cc', 'org-a', 'llm', 'openai', false),
+  ('m-emb', 'CC Test/e1', 'e1', 'e1', 'provider-cc', 'org-a', 'embedding', 'openai', false);
+INSERT INTO agents (id, name, organization_id, message_buffer_autoclear, llm_config) VALUES
+  ('agent-proxy', 'p', 'org-a', false,
+   '{"model": "m1", "handle": "openai-proxy/m1", "provider_name": "CC Test", "provider_category": "byok"}'),
+  ('agent-base', 'b', 'org-a', false,
+   '{"model": "gpt-4o", "handle": "openai/gpt-4o", "provider_name": "openai", "provider_category": "base"}');
+"""
+
+
+def test_data_migration_renames_openai_proxy_handles_and_base_configs(database_uri: str, engine_for) -> None:
+    engine = engine_for(database_uri)
+    make_letta_database(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(PROXY_ERA_ROWS)
+
+    migrations.upgrade(database_uri)
+
+    with engine.connect() as conn:
+        handles = dict(conn.execute(sa.text("SELECT id, handle FROM provider_models")).all())
+        configs = {r[0]: r[1] for r in conn.execute(sa.text("SELECT id, llm_config FROM agents")).all()}
+    assert handles == {"m-proxy": "CC Test/m1", "m-emb": "CC Test/e1"}
+    assert configs["agent-proxy"]["handle"] == "CC Test/m1" and configs["agent-proxy"]["model"] == "m1"
+    assert configs["agent-base"]["provider_category"] == "byok" and configs["agent-base"]["handle"] == "openai/gpt-4o"
