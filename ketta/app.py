@@ -9,6 +9,8 @@ modules are imported, so the database is settled and the patches applied before
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -36,6 +38,24 @@ def prepare(settings: KettaSettings | None = None, *, migrate: bool = True) -> s
 _app: FastAPI | None = None
 
 
+def _stopping_embedded_database(lifespan: Callable) -> Callable:
+    """Letta's lifespan, then a clean stop of the embedded PostgreSQL this process started.
+
+    Stopping at ASGI shutdown works under any server: uvicorn re-raises SIGTERM after its
+    graceful shutdown, which would kill the process before ``atexit`` handlers run.
+    """
+
+    @asynccontextmanager
+    async def lifespan_then_stop(app: FastAPI) -> AsyncIterator[Any]:
+        from ketta import database
+
+        async with lifespan(app) as state:
+            yield state
+        database.stop_embedded()
+
+    return lifespan_then_stop
+
+
 def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
     global _app
@@ -46,5 +66,6 @@ def create_app() -> FastAPI:
         from ketta.redaction import ProviderSecretsFilter
 
         app.add_middleware(ProviderSecretsFilter)
+        app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
         _app = app
     return _app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from typing import Optional
 
@@ -65,9 +64,6 @@ def server(
     except (database.DatabaseError, migrations.MigrationError, PatchDriftError) as exc:
         database.stop_embedded()
         _fail(str(exc))
-    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with the default SIGTERM
-    # disposition that would kill us before the embedded PostgreSQL is stopped.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if workers > 1:
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
@@ -77,10 +73,6 @@ def server(
             uvicorn.run(app_, host=host, port=port, access_log=False)
     finally:
         database.stop_embedded()
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _database_uri() -> str:
