@@ -180,6 +180,8 @@ class MockMoonshot:
                 arguments.setdefault("thinking", "Inner thoughts.")
             if "request_heartbeat" in properties and reply.tool != "send_message":
                 arguments["request_heartbeat"] = True
+            # a model writes the arguments in the order the schema lists them (Letta puts its inner thoughts first)
+            arguments = {**{k: arguments[k] for k in properties if k in arguments}, **arguments}
             call_id = f"call_{uuid.uuid4().hex[:20]}"
             message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": reply.tool, "arguments": json.dumps(arguments)}}]
             if reasoning:
@@ -293,10 +295,12 @@ class MockMoonshot:
                 if message.get("content"):
                     chunk({"content": message["content"]})
                 for index, call in enumerate(message.get("tool_calls") or []):
-                    arguments = call["function"]["arguments"]
+                    # the arguments come in small pieces, like the tokens a model streams
+                    arguments, step = call["function"]["arguments"], 6
                     chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                           "function": {"name": call["function"]["name"], "arguments": arguments[: len(arguments) // 2]}}]})
-                    chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[len(arguments) // 2:]}}]})
+                                           "function": {"name": call["function"]["name"], "arguments": arguments[:step]}}]})
+                    for start in range(step, len(arguments), step):
+                        chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + step]}}]})
                 chunk({}, finish, usage=usage)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()

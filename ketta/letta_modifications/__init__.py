@@ -32,6 +32,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.providers.base",
     "ketta.letta_modifications.llm_api.llm_client",
     "ketta.letta_modifications.services.agent_manager",
+    "ketta.letta_modifications.adapters.letta_llm_stream_adapter",
 )
 
 

@@ -14,6 +14,10 @@ sends; the request is adjusted just before it is sent, by provider *type*, never
   ``reasoning_content``; Letta keeps it as ``ReasoningContent`` in the message but its OpenAI
   conversion drops it when it is the only content part, so it is re-attached.
 - Letta-internal message fields (reasoning signatures) are not sent.
+- Streams are wrapped (:class:`MoonshotStream`): the model's ``reasoning_content`` is recorded
+  for the memgpt-style stream adapter, which otherwise keeps only the inner thoughts (see
+  ``adapters/letta_llm_stream_adapter.py``), and ``send_message`` arguments are re-cut so that
+  adapter's parser shows the message whatever the token boundaries.
 - Moonshot's 429 (rate limit, engine overloaded, quota) and content-filter errors become Letta
   errors the REST layer answers with a clear status and Moonshot's text.
 
@@ -24,6 +28,7 @@ applying the rules only when the LLM config's provider is a ``kimi`` provider in
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -40,6 +45,7 @@ from letta.schemas.letta_message_content import ReasoningContent, TextContent
 from letta.schemas.llm_config import LLMConfig
 from letta.schemas.message import Message as PydanticMessage
 from letta.schemas.openai.chat_completion_response import ChatCompletionResponse
+from letta.settings import INNER_THOUGHTS_KWARG
 
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, is_thinking_model
 
@@ -137,33 +143,50 @@ def adjust_chat_request(request_data: dict, llm_config: LLMConfig, context: Buil
     return adjustment
 
 
+def _send_message_argument_pieces(text: str, reasoning: str | None, parameters: set[str]) -> list[str]:
+    """send_message arguments, cut where Letta's memgpt-style streaming parser needs the cuts (see
+    :class:`_SendMessagePieces`): inner thoughts first, then the ``message`` key, then its value."""
+    message = ['"message": ', json.dumps(text, ensure_ascii=False) + "}"]
+    if INNER_THOUGHTS_KWARG not in parameters:
+        return ["{" + message[0], message[1]]
+    return ["{" + f"{json.dumps(INNER_THOUGHTS_KWARG)}: {json.dumps(reasoning or '', ensure_ascii=False)}, ", *message]
+
+
 def _send_message_arguments(text: str, reasoning: str | None, parameters: set[str]) -> str:
     """Arguments of the send_message call a plain-text answer stands for."""
-    from letta.settings import INNER_THOUGHTS_KWARG
-
-    arguments: dict[str, Any] = {"message": text}
-    if INNER_THOUGHTS_KWARG in parameters:
-        arguments[INNER_THOUGHTS_KWARG] = reasoning or ""
-    return json.dumps(arguments, ensure_ascii=False)
+    return "".join(_send_message_argument_pieces(text, reasoning, parameters))
 
 
 def _synthetic_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-class _SendMessageFallbackStream:
-    """Wraps a Chat Completions stream: if a relaxed forced call ends as plain text, that text is
-    delivered as a ``send_message`` tool call instead (text chunks are held back until a tool
-    call shows up, so nothing is shown twice)."""
+class MoonshotStream:
+    """Wraps a Moonshot Chat Completions stream. It records the model's ``reasoning_content``
+    (:attr:`reasoning`), which Letta's memgpt-style streaming interface ignores. If a relaxed
+    forced call ends as plain text, that text is delivered as a ``send_message`` tool call
+    instead (text chunks are held back until a tool call shows up, so nothing is shown twice)."""
 
     def __init__(self, stream: Any, adjustment: MoonshotAdjustment):
         self._stream = stream
         self._adjustment = adjustment
+        self._reasoning: list[str] = []
+
+    @property
+    def reasoning(self) -> str:
+        """The model's reasoning_content streamed so far."""
+        return "".join(self._reasoning)
+
+    def _record(self, chunk: Any) -> None:
+        choice = chunk.choices[0] if getattr(chunk, "choices", None) else None
+        text = getattr(choice.delta, "reasoning_content", None) if choice is not None and choice.delta is not None else None
+        if text:
+            self._reasoning.append(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
-    async def __aenter__(self) -> "_SendMessageFallbackStream":
+    async def __aenter__(self) -> "MoonshotStream":
         if hasattr(self._stream, "__aenter__"):
             await self._stream.__aenter__()
         return self
@@ -178,15 +201,21 @@ class _SendMessageFallbackStream:
             await self._stream.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._chunks()
+        return _SendMessagePieces(self._adjustment).chunks(self._chunks() if self._adjustment.relaxed_forced_call else self._recorded())
+
+    async def _recorded(self) -> AsyncIterator[Any]:
+        async for chunk in self._stream:
+            self._record(chunk)
+            yield chunk
 
     async def _chunks(self) -> AsyncIterator[Any]:
         held: list[Any] = []
         text: list[str] = []
-        reasoning: list[str] = []
+        reasoning = self._reasoning
         saw_tool_call = False
         template = None
         async for chunk in self._stream:
+            self._record(chunk)
             choice = chunk.choices[0] if chunk.choices else None
             if choice is None or saw_tool_call:
                 if choice is None and not saw_tool_call and held:
@@ -198,8 +227,6 @@ class _SendMessageFallbackStream:
                 continue
             template = chunk
             delta = choice.delta
-            if getattr(delta, "reasoning_content", None):
-                reasoning.append(delta.reasoning_content)
             if delta.tool_calls:
                 saw_tool_call = True
                 for earlier in held:
@@ -247,6 +274,108 @@ class _SendMessageFallbackStream:
         return [c for c in held if c not in finishing] + [call] + finishing
 
 
+def _message_start(parameters: set[str]) -> re.Pattern[str]:
+    """Where the ``message`` value starts in send_message arguments (inner thoughts, if any, before it)."""
+    from letta.settings import INNER_THOUGHTS_KWARG
+
+    thoughts = rf'"{INNER_THOUGHTS_KWARG}"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*' if INNER_THOUGHTS_KWARG in parameters else ""
+    return re.compile(rf'\A\s*\{{\s*{thoughts}(?P<key>"message"\s*:\s*)(?=")', re.DOTALL)
+
+
+class _SendMessagePieces:
+    """Re-cuts the streamed arguments of a ``send_message`` call so that Letta's memgpt-style
+    streaming parser shows the message. That parser mixes raw fragments with its own re-parsed
+    output: it loses the message when a key is split across fragments (token streams split them),
+    when the inner thoughts and the message key come in one fragment, and it takes a fragment
+    ending in an escaped quote for the end of the message. The arguments are held until the
+    message value starts, then released as (inner thoughts, ``"message": ``, ``"``, value so
+    far); the rest passes as it comes, except that a tail of whitespace, a backslash or an escaped
+    quote waits for the next fragment. If the message comes before the inner thoughts, everything is
+    held to the end of the call and given inner thoughts first."""
+
+    def __init__(self, adjustment: MoonshotAdjustment):
+        self._start = _message_start(adjustment.send_message_parameters)
+        self._parameters = adjustment.send_message_parameters
+        self._index: int | None = None  # the send_message call being re-cut
+        self._held: list[str] = []
+        self._released = False  # the message value has started: only an unsafe tail is held
+        self._template: Any = None
+
+    async def chunks(self, source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for chunk in source:
+            for out in self._cut(chunk):
+                yield out
+        for out in self._release_all():
+            yield out
+
+    def _piece(self, text: str, index: int | None = None) -> Any:
+        chunk = self._template.model_copy(deep=True)
+        if getattr(chunk, "usage", None) is not None:
+            chunk.usage = None
+        choice = chunk.choices[0]
+        choice.finish_reason = None
+        choice.delta = type(choice.delta).model_validate({"tool_calls": [{"index": self._index if index is None else index, "function": {"arguments": text}}]})
+        return chunk
+
+    def _release_all(self) -> list[Any]:
+        """What is still held of a finished call (before the message started: inner thoughts first)."""
+        text, released, index = "".join(self._held), self._released, self._index
+        self._index, self._held, self._released = None, [], False
+        if not text or index is None:
+            return []
+        if released:
+            return [self._piece(text, index)]
+        try:
+            arguments = json.loads(text)
+            if set(arguments) - {"message", INNER_THOUGHTS_KWARG} or (INNER_THOUGHTS_KWARG in arguments) != (INNER_THOUGHTS_KWARG in self._parameters):
+                raise ValueError("not the arguments send_message was offered with")
+            pieces = _send_message_argument_pieces(str(arguments["message"]), arguments.get(INNER_THOUGHTS_KWARG), self._parameters)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pieces = [text]
+        return [self._piece(piece, index) for piece in pieces]
+
+    def _take(self, text: str) -> list[str]:
+        """The pieces ``text`` (a new fragment of the call being re-cut) lets out."""
+        self._held.append(text)
+        held = "".join(self._held)
+        if not self._released:
+            found = self._start.match(held)
+            if not found:
+                return []
+            key, value = found.start("key"), found.end("key")
+            self._released, self._held = True, []
+            return [piece for piece in (held[:key], held[key:value], '"', *self._take(held[value + 1 :])) if piece]
+        # Letta strips trailing whitespace off every fragment it shows and reads a fragment ending in
+        # \" as the end of the message: such a tail waits for the next fragment
+        safe, before = held, None
+        while safe != before:
+            before, safe = safe, safe.rstrip()
+            safe = (safe[:-1] if safe.endswith('\\"') else safe).rstrip("\\")
+        self._held = [held[len(safe) :]] if len(safe) < len(held) else []
+        return [safe] if safe else []
+
+    def _cut(self, chunk: Any) -> list[Any]:
+        choice = chunk.choices[0] if getattr(chunk, "choices", None) else None
+        calls = (choice.delta.tool_calls or []) if choice is not None and choice.delta is not None else []
+        before: list[Any] = []
+        after: list[Any] = []
+        for call in calls:
+            function = call.function
+            if self._index is not None and call.index != self._index:
+                before += self._release_all()
+            if function is not None and function.name == SEND_MESSAGE_TOOL:
+                before += self._release_all()
+                self._index, self._template = call.index, chunk
+            if call.index != self._index or function is None or not function.arguments:
+                continue
+            pieces = self._take(function.arguments)
+            function.arguments = None
+            after += [self._piece(piece) for piece in pieces]
+        if choice is not None and choice.finish_reason:
+            return [*before, *after, *self._release_all(), chunk]
+        return [*before, chunk, *after]
+
+
 class KimiClient(OpenAIClient):
     """Letta's OpenAI client, adjusted for Moonshot on every request (see the module docstring)."""
 
@@ -282,6 +411,18 @@ class KimiClient(OpenAIClient):
             contexts.popitem(last=False)
         return request_data
 
+    def _streams(self) -> OrderedDict[int, MoonshotStream]:
+        streams = self.__dict__.get("_ketta_streams")
+        if streams is None:
+            streams = self.__dict__["_ketta_streams"] = OrderedDict()
+        return streams
+
+    def streamed_reasoning(self, request_data: dict) -> str | None:
+        """The reasoning_content Moonshot streamed for ``request_data`` (None if that stream did not go
+        to Moonshot); asked once, by the memgpt-style stream adapter once the stream is done."""
+        stream = self._streams().pop(id(request_data), None)
+        return stream.reasoning if stream is not None else None
+
     async def _adjust(self, request_data: dict, llm_config: LLMConfig) -> MoonshotAdjustment | None:
         context = self._build_contexts().pop(id(request_data), None)
         if "messages" not in request_data or not await self.follows_moonshot_rules(llm_config):
@@ -299,9 +440,14 @@ class KimiClient(OpenAIClient):
     async def stream_async(self, request_data: dict, llm_config: LLMConfig, *args: Any, **kwargs: Any) -> Any:
         adjustment = await self._adjust(request_data, llm_config)
         stream = await super().stream_async(request_data, llm_config, *args, **kwargs)
-        if adjustment and adjustment.relaxed_forced_call:
-            return _SendMessageFallbackStream(stream, adjustment)
-        return stream
+        if adjustment is None:
+            return stream
+        wrapped = MoonshotStream(stream, adjustment)
+        streams = self._streams()
+        streams[id(request_data)] = wrapped
+        while len(streams) > 8:  # streams whose adapter does not ask (letta_v1 reads reasoning itself)
+            streams.popitem(last=False)
+        return wrapped
 
     def request(self, request_data: dict, llm_config: LLMConfig) -> dict:
         """Deprecated sync path: only a client made for the kimi type can know it talks to Moonshot."""

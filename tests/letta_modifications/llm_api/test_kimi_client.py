@@ -79,25 +79,15 @@ def tool_calls(messages: list[dict[str, Any]]) -> list[str]:
     return [m["tool_call"]["name"] for m in messages if m.get("message_type") == "tool_call_message" and m.get("tool_call", {}).get("name")]
 
 
-STREAMING_MEMGPT_GAP = pytest.mark.xfail(
-    reason="known gap: Letta's memgpt-style streaming adapter does not keep the model's native reasoning_content, "
-    "so the reasoning sent back is the inner thoughts, not Moonshot's text; the plain-text fallback is not wired "
-    "for that adapter either", strict=False)
-
-
 @pytest.mark.parametrize("agent_type", ["memgpt_v2_agent", "letta_v1_agent"])
 @pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 def test_agent_talks_to_a_thinking_model_with_tool_calls(
     shared_server: KettaProcess, moon: MockMoonshot, providers: tuple[str, str], agent_type: str, stream: bool
 ) -> None:
-    if stream and agent_type == "memgpt_v2_agent":
-        pytest.xfail(STREAMING_MEMGPT_GAP.mark.kwargs["reason"])
     agent_id = make_agent(shared_server, providers, agent_type)
     before = len(moon.chat_requests())
     for text in ("Hi, I am Ada.", "I like tea.", "What do you remember?"):
         messages = send(shared_server, agent_id, text, stream)
-        if "Noted, thank you!" not in assistant_text(messages):
-            open("/tmp/kimi_debug.json", "w").write(json.dumps({"messages": messages, "violations": moon.violations, "requests": [r.body for r in moon.chat_requests()[before:]]}, indent=1, default=str))
         assert "Noted, thank you!" in assistant_text(messages)
     requests = [r.body for r in moon.chat_requests()[before:]]
     assert len(requests) >= 6  # a memory tool call and an answer per user message
@@ -110,7 +100,7 @@ def test_agent_talks_to_a_thinking_model_with_tool_calls(
     assert KEY not in shared_server.log_text()
 
 
-@pytest.mark.parametrize("stream", [False, pytest.param(True, marks=STREAMING_MEMGPT_GAP)], ids=["blocking", "streaming"])
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
 def test_memgpt_agent_plain_text_answer_becomes_send_message(
     shared_server: KettaProcess, moon: MockMoonshot, providers: tuple[str, str], stream: bool
 ) -> None:
@@ -154,3 +144,85 @@ def test_moonshot_errors_reach_the_caller(
     moon.fail_next = []
     assert response.status_code == expected_status, response.text
     assert text in response.text and "Moonshot" in response.text
+
+
+def _replay(arguments: str | None, step: int, parameters: set[str], content: str | None = None) -> tuple[str, str, str | None, str]:
+    """Stream a Moonshot answer (reasoning_content, optional text, a send_message call whose arguments
+    come in ``step``-character fragments) through MoonshotStream into Letta's memgpt-style streaming
+    interface: (assistant text shown, inner thoughts shown, tool call arguments, recorded reasoning)."""
+    import asyncio
+    import logging
+
+    from letta.interfaces.openai_streaming_interface import OpenAIStreamingInterface
+    from openai.types.chat import ChatCompletionChunk
+
+    from ketta.letta_modifications.llm_api.kimi_client import MoonshotAdjustment, MoonshotStream
+
+    def chunk(delta: dict, finish: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_validate({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": THINKING_MODEL,
+                                                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    chunks = [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "Thinking "}), chunk({"reasoning_content": "hard."})]
+    if content:
+        chunks.append(chunk({"content": content}))
+    if arguments:
+        chunks.append(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                             "function": {"name": "send_message", "arguments": arguments[:step]}}]}))
+        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[i:i + step]}}]}) for i in range(step, len(arguments), step)]
+    chunks.append(chunk({}, "tool_calls" if arguments else "stop"))
+
+    class Upstream:
+        async def __aenter__(self) -> None:
+            return None
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def __aiter__(self) -> Any:
+            for c in chunks:
+                yield c
+
+    stream = MoonshotStream(Upstream(), MoonshotAdjustment(relaxed_forced_call=content is not None, tool_names=["send_message"],
+                                                           send_message_parameters=parameters))
+    interface = OpenAIStreamingInterface(use_assistant_message=True, put_inner_thoughts_in_kwarg="thinking" in parameters)
+
+    async def run() -> list[Any]:
+        return [m async for m in interface.process(stream)]
+
+    logging.disable(logging.WARNING)
+    try:
+        shown = asyncio.run(run())
+    finally:
+        logging.disable(logging.NOTSET)
+    kinds = [getattr(m.message_type, "value", m.message_type) for m in shown]
+    text = "".join(m.content for m, kind in zip(shown, kinds) if kind == "assistant_message")
+    thoughts = "".join(m.reasoning for m, kind in zip(shown, kinds) if kind == "reasoning_message")
+    return text, thoughts, interface.get_tool_call_object().function.arguments, stream.reasoning
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+@pytest.mark.parametrize(
+    ("arguments", "parameters"),
+    [
+        ('{"thinking": "I should say \\"hi\\".", "message": "Hello, \\"Ada\\"!"}', {"thinking", "message"}),
+        ('{"message": "Hello, \\"Ada\\"!", "thinking": "I should say \\"hi\\"."}', {"thinking", "message"}),  # out of schema order
+        ('{"message": "Hello, \\"Ada\\"!"}', {"message"}),
+    ],
+    ids=["thoughts-first", "message-first", "no-thoughts"],
+)
+def test_streamed_send_message_reaches_letta_memgpt_parser(arguments: str, parameters: set[str], step: int) -> None:
+    """However the arguments are cut, the memgpt-style interface shows the whole message and the
+    inner thoughts, and the tool call it hands to the agent loop is unchanged."""
+    text, thoughts, sent, reasoning = _replay(arguments, step, parameters)
+    assert text.replace('\\"', '"') == 'Hello, "Ada"!'
+    if "thinking" in parameters:
+        assert thoughts.strip().replace('\\"', '"') == 'I should say "hi".'
+    assert json.loads(sent) == json.loads(arguments)
+    assert reasoning == "Thinking hard."
+
+
+def test_streamed_plain_text_becomes_send_message_for_letta_memgpt_parser() -> None:
+    text, thoughts, sent, reasoning = _replay(None, 1, {"thinking", "message"}, content="Plain words.")
+    assert text == "Plain words." and thoughts.strip() == "Thinking hard."
+    assert json.loads(sent) == {"thinking": "Thinking hard.", "message": "Plain words."}
+    assert reasoning == "Thinking hard."
