@@ -6,9 +6,11 @@ Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +24,20 @@ import sqlalchemy as sa
 from ketta.database import EmbeddedPostgres, sync_url
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temp root of this run's own: pytest prunes old numbered temp dirs of *other* runs, and a
+    PostgreSQL whose data directory vanishes mid-run crashes (seen with two pytest runs at once)."""
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="ketta-pytest-")
+        config._ketta_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    basetemp = getattr(config, "_ketta_basetemp", None)
+    if basetemp:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 # Env vars a developer's shell may carry that would change what a test server does.
 _SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
