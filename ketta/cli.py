@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -59,6 +60,9 @@ def server(
     from ketta.app import create_app
     from ketta.letta_modifications import PatchDriftError
 
+    # uvicorn re-raises SIGTERM after its graceful shutdown (the embedded PostgreSQL is stopped by
+    # then, in the app's lifespan): make that a normal exit with status 143, not a kill.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         app_ = create_app()
     except (database.DatabaseError, migrations.MigrationError, PatchDriftError) as exc:
@@ -73,6 +77,10 @@ def server(
             uvicorn.run(app_, host=host, port=port, access_log=False)
     finally:
         database.stop_embedded()
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _database_uri() -> str:

@@ -219,14 +219,20 @@ class MockMoonshot:
                 return body
 
             def _precheck(self) -> bool:
-                """Outage, scripted failure and key check; True when an answer was already sent."""
+                """Outage, scripted failure and key check; True when an answer was already sent.
+
+                The answer is decided when the request arrives, before any delay: a late request
+                must not take a failure scripted afterwards for the next one."""
+                with mock._lock:
+                    down = mock.down
+                    failure = mock.fail_next.pop(0) if mock.fail_next and not down else None
                 if mock.delay_s:
                     time.sleep(mock.delay_s)
-                if mock.down:
+                if down:
                     self._json(503, {"error": {"message": "The engine is currently overloaded", "type": "server_error"}})
                     return True
-                if mock.fail_next:
-                    status, kind, message = mock.fail_next.pop(0)
+                if failure:
+                    status, kind, message = failure
                     self._json(status, {"error": {"message": message, "type": kind}})
                     return True
                 if self.headers.get("Authorization", "") != f"Bearer {mock.api_key}":
