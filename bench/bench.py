@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from ketta.database import free_port, with_database  # noqa: E402
 from mock_openai import MockOpenAI  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -80,17 +79,6 @@ class ServerFigures:
     @property
     def models_median_ms(self) -> float:
         return statistics.median(self.models_ms)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(uri: str, name: str) -> str:
-    parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 def server_env(**overrides: str) -> dict[str, str]:

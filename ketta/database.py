@@ -71,10 +71,17 @@ def check_database(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def with_database(uri: str, name: str) -> str:
+    """The same server URI, naming another database."""
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 @dataclass
@@ -156,7 +163,7 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(run_as)
         self._stop_orphan(run_as)
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         log_path = self.home / "postgres.log"
         log_path.touch()
         self._chown(log_path, run_as)
@@ -203,7 +210,7 @@ class EmbeddedPostgres:
     def _ensure_database(self) -> None:
         import sqlalchemy as sa
 
-        admin = self.uri.replace(f"/{DATABASE_NAME}?", "/postgres?")
+        admin = with_database(self.uri, "postgres")
         engine = sa.create_engine(sync_url(admin), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
         with engine.connect() as conn:
             if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": DATABASE_NAME}).first():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,13 +14,12 @@ import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from ketta.database import EmbeddedPostgres, sync_url
+from ketta.database import EmbeddedPostgres, free_port, sync_url, with_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,17 +40,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # Env vars a developer's shell may carry that would change what a test server does.
 _SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
                       "TOGETHER_", "DEEPSEEK_", "XAI_", "MISTRAL_", "AZURE_", "OPENROUTER_", "VLLM_")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_database(uri: str, name: str) -> str:
-    parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
