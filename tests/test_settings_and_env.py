@@ -8,7 +8,6 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
