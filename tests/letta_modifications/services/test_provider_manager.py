@@ -238,6 +238,8 @@ def test_agent_of_a_deleted_provider_gets_a_4xx_naming_it_and_recovers(api, llm)
     orphaned = send(api, agent_id)
     assert orphaned.status_code == 400, orphaned.text
     assert f"Provider '{name}'" in orphaned.json()["detail"] and "deleted" in orphaned.json()["detail"]
+    streamed = api.post(f"/v1/agents/{agent_id}/messages/stream", json={"messages": [{"role": "user", "content": "hi"}], "stream_tokens": True})
+    assert streamed.status_code == 400 and f"Provider '{name}'" in streamed.json()["detail"]
     assert create(api, name, llm).status_code == 200
     llm.clear()
     assert send(api, agent_id).status_code == 200
