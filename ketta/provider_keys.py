@@ -38,15 +38,27 @@ def _remembered(provider_name: str, organization_id: str) -> tuple[bool, str | N
     return rows.get((organization_id, provider_name)) if rows else None
 
 
+def _with_fallback(key: str | None, provider_name: str) -> str | None:
+    if not key and get_settings().env_key_fallback:
+        key = env_fallback_key(provider_name)
+    return key or None
+
+
 def _resolve(found: bool, encrypted: str | None, provider_name: str, handle: str | None) -> str | None:
     from letta.schemas.secret import Secret
 
     if not found:
         raise ProviderMissing(provider_name, handle)
-    key = Secret.from_encrypted(encrypted).get_plaintext() if encrypted else None
-    if not key and get_settings().env_key_fallback:
-        key = env_fallback_key(provider_name)
-    return key or None
+    return _with_fallback(Secret.from_encrypted(encrypted).get_plaintext() if encrypted else None, provider_name)
+
+
+async def _resolve_async(found: bool, encrypted: str | None, provider_name: str, handle: str | None) -> str | None:
+    """As :func:`_resolve`, with the (once per key, 100k-round PBKDF2) decryption off the event loop."""
+    from letta.schemas.secret import Secret
+
+    if not found:
+        raise ProviderMissing(provider_name, handle)
+    return _with_fallback(await Secret.from_encrypted(encrypted).get_plaintext_async() if encrypted else None, provider_name)
 
 
 async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
@@ -58,7 +70,7 @@ async def lookup_key_async(provider_name: str, organization_id: str, handle: str
         async with db_registry.async_session() as session:
             row = (await session.execute(_KEY_QUERY, {"name": provider_name, "org": organization_id})).first()
         remembered = (row is not None, row[0] if row else None)
-    return _resolve(*remembered, provider_name, handle)
+    return await _resolve_async(*remembered, provider_name, handle)
 
 
 @lru_cache(maxsize=1)
