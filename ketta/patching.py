@@ -12,8 +12,8 @@ import hashlib
 import importlib
 import inspect
 import textwrap
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 _MISSING = object()
 
@@ -31,7 +31,6 @@ class Patch:
     # adds a member (value = replacement) to an Enum. For "add"/"enum_member" the fingerprint
     # covers the owner, so a Letta that grows the attribute itself is noticed.
     mode: str = "replace"
-    hooks: tuple[Callable[[], None], ...] = field(default=())
 
     @property
     def module_name(self) -> str:
@@ -134,8 +133,6 @@ def apply(patch: Patch) -> bool:
             raise PatchTargetMissing(f"{patch.target}: '{name}' not found")
         _originals[patch.target] = raw
         setattr(owner, name, patch.replacement)
-    for hook in patch.hooks:
-        hook()
     return True
 
 
