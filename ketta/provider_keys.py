@@ -1,15 +1,17 @@
-"""The API key of an LLM call, read from its provider's row at call time.
+"""The provider row behind an LLM call: its key and type, read at call time.
 
-One indexed query per call (providers has UNIQUE (name, organization_id)), so a key
-changed over REST is used by the next message, in every worker. Letta 0.16.8 has no
-synchronous session any more, yet some clients ask for keys synchronously: those use a
-small psycopg2 engine of their own.
+One indexed query (providers has UNIQUE (name, organization_id)) when a message starts: the
+agent loop checks its provider, and the LLM calls of that request reuse the row (a context
+variable). So a key changed over REST is used by the next message, in every worker, and a
+deleted provider is noticed at once. Letta 0.16.8 has no synchronous session any more, yet
+some of its clients ask for keys synchronously: those use a small psycopg2 engine of their own.
 """
 
 from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -17,14 +19,28 @@ import sqlalchemy as sa
 from ketta.providers import ProviderMissing, env_fallback_key
 from ketta.settings import get_settings
 
-_KEY_QUERY = sa.text("SELECT api_key_enc FROM providers WHERE name = :name AND organization_id = :org LIMIT 1")
+_ROW_QUERY = sa.text(
+    "SELECT api_key_enc, provider_type FROM providers "
+    "WHERE name = :name AND organization_id = :org AND NOT is_deleted LIMIT 1"
+)
 
-# (organization, provider name) -> (found, encrypted key), read once per request: the agent loop
-# checks its provider when it is built, and the LLM calls of that request reuse the row.
-_request_rows: ContextVar[dict[tuple[str, str], tuple[bool, str | None]] | None] = ContextVar("ketta_provider_rows", default=None)
+
+@dataclass(frozen=True)
+class ProviderRow:
+    """What an LLM call needs of its provider; ``found`` is False once it was deleted."""
+
+    found: bool
+    encrypted_key: str | None = None
+    provider_type: str | None = None
 
 
-def _remember(provider_name: str, organization_id: str, row: tuple[bool, str | None]) -> tuple[bool, str | None]:
+_MISSING = ProviderRow(found=False)
+
+# (organization, provider name) -> row, for the rest of the current request.
+_request_rows: ContextVar[dict[tuple[str, str], ProviderRow] | None] = ContextVar("ketta_provider_rows", default=None)
+
+
+def _remember(provider_name: str, organization_id: str, row: ProviderRow) -> ProviderRow:
     rows = _request_rows.get()
     if rows is None:
         rows = {}
@@ -33,44 +49,13 @@ def _remember(provider_name: str, organization_id: str, row: tuple[bool, str | N
     return row
 
 
-def _remembered(provider_name: str, organization_id: str) -> tuple[bool, str | None] | None:
+def _remembered(provider_name: str, organization_id: str) -> ProviderRow | None:
     rows = _request_rows.get()
     return rows.get((organization_id, provider_name)) if rows else None
 
 
-def _with_fallback(key: str | None, provider_name: str) -> str | None:
-    if not key and get_settings().env_key_fallback:
-        key = env_fallback_key(provider_name)
-    return key or None
-
-
-def _resolve(found: bool, encrypted: str | None, provider_name: str, handle: str | None) -> str | None:
-    from letta.schemas.secret import Secret
-
-    if not found:
-        raise ProviderMissing(provider_name, handle)
-    return _with_fallback(Secret.from_encrypted(encrypted).get_plaintext() if encrypted else None, provider_name)
-
-
-async def _resolve_async(found: bool, encrypted: str | None, provider_name: str, handle: str | None) -> str | None:
-    """As :func:`_resolve`, with the (once per key, 100k-round PBKDF2) decryption off the event loop."""
-    from letta.schemas.secret import Secret
-
-    if not found:
-        raise ProviderMissing(provider_name, handle)
-    return _with_fallback(await Secret.from_encrypted(encrypted).get_plaintext_async() if encrypted else None, provider_name)
-
-
-async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
-    """The provider's stored key (env fallback if none stored); ProviderMissing if it was deleted."""
-    from letta.server.db import db_registry
-
-    remembered = _remembered(provider_name, organization_id)
-    if remembered is None:
-        async with db_registry.async_session() as session:
-            row = (await session.execute(_KEY_QUERY, {"name": provider_name, "org": organization_id})).first()
-        remembered = (row is not None, row[0] if row else None)
-    return await _resolve_async(*remembered, provider_name, handle)
+def _as_row(result: sa.Row | None) -> ProviderRow:
+    return ProviderRow(True, result[0], result[1]) if result is not None else _MISSING
 
 
 @lru_cache(maxsize=1)
@@ -80,20 +65,57 @@ def _sync_engine(uri: str) -> sa.Engine:
     return sa.create_engine(sync_url(uri), pool_size=2, max_overflow=4, pool_recycle=300)
 
 
-def _stored_key_sync(provider_name: str, organization_id: str) -> tuple[bool, str | None]:
+def _read_row_sync(provider_name: str, organization_id: str) -> ProviderRow:
     with _sync_engine(os.environ["LETTA_PG_URI"]).connect() as conn:
-        row = conn.execute(_KEY_QUERY, {"name": provider_name, "org": organization_id}).first()
-    return row is not None, (row[0] if row else None)
+        return _as_row(conn.execute(_ROW_QUERY, {"name": provider_name, "org": organization_id}).first())
+
+
+async def provider_row_async(provider_name: str, organization_id: str) -> ProviderRow:
+    """The provider's row, as read earlier in this request or now."""
+    from letta.server.db import db_registry
+
+    remembered = _remembered(provider_name, organization_id)
+    if remembered is not None:
+        return remembered
+    async with db_registry.async_session() as session:
+        return _as_row((await session.execute(_ROW_QUERY, {"name": provider_name, "org": organization_id})).first())
+
+
+def _with_fallback(key: str | None, provider_name: str) -> str | None:
+    if not key and get_settings().env_key_fallback:
+        key = env_fallback_key(provider_name)
+    return key or None
+
+
+async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
+    """The provider's stored key (env fallback if none stored); ProviderMissing if it was deleted.
+    Decryption (100k PBKDF2 rounds the first time for a key) runs off the event loop."""
+    from letta.schemas.secret import Secret
+
+    row = await provider_row_async(provider_name, organization_id)
+    if not row.found:
+        raise ProviderMissing(provider_name, handle)
+    key = await Secret.from_encrypted(row.encrypted_key).get_plaintext_async() if row.encrypted_key else None
+    return _with_fallback(key, provider_name)
 
 
 def lookup_key(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
     """Synchronous twin of :func:`lookup_key_async`, for Letta's synchronous client code."""
-    return _resolve(*_stored_key_sync(provider_name, organization_id), provider_name, handle)
+    from letta.schemas.secret import Secret
+
+    row = _remembered(provider_name, organization_id) or _read_row_sync(provider_name, organization_id)
+    if not row.found:
+        raise ProviderMissing(provider_name, handle)
+    return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name)
+
+
+async def provider_type_async(provider_name: str, organization_id: str) -> str | None:
+    """The provider's type (e.g. "kimi"), None if no such provider."""
+    return (await provider_row_async(provider_name, organization_id)).provider_type
 
 
 def require_provider(provider_name: str, organization_id: str, handle: str | None = None) -> None:
     """ProviderMissing (400) unless the organization has a provider of that name; the row is
     kept for the rest of this request's LLM calls."""
-    found, _ = _remember(provider_name, organization_id, _stored_key_sync(provider_name, organization_id))
-    if not found:
+    if not _remember(provider_name, organization_id, _read_row_sync(provider_name, organization_id)).found:
         raise ProviderMissing(provider_name, handle)

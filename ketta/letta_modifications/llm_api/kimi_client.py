@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from letta.schemas.openai.chat_completion_response import ChatCompletionResponse
 from letta.settings import INNER_THOUGHTS_KWARG
 
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, is_thinking_model
+from ketta.provider_keys import provider_type_async
 
 logger = get_logger("ketta.kimi")
 
@@ -505,41 +505,10 @@ def moonshot_error(e: Exception, llm_config: LLMConfig) -> Exception | None:
     return None
 
 
-class ProviderTypeCache:
-    """(organization, provider name) -> provider type, for a few seconds: one query per provider, not per step."""
-
-    ttl_s = 10.0
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[str | None, float]] = {}
-
-    async def provider_type(self, organization_id: str, provider_name: str) -> str | None:
-        key = (organization_id, provider_name)
-        hit = self._entries.get(key)
-        if hit and hit[1] > time.monotonic():
-            return hit[0]
-        from sqlalchemy import select
-
-        from letta.orm.provider import Provider as ProviderRow
-        from letta.server.db import db_registry
-
-        query = select(ProviderRow.provider_type).where(
-            ProviderRow.name == provider_name, ProviderRow.organization_id == organization_id, ProviderRow.is_deleted.is_(False)
-        )
-        async with db_registry.async_session() as session:
-            found = (await session.execute(query)).scalars().first()
-        value = getattr(found, "value", found)
-        self._entries[key] = (value, time.monotonic() + self.ttl_s)
-        return value
-
-
-provider_types = ProviderTypeCache()
-
-
 class OpenAICompatibleClient(KimiClient):
     """The client of the ``openai`` endpoint type: Moonshot's rules only for a kimi provider's models."""
 
     async def follows_moonshot_rules(self, llm_config: LLMConfig) -> bool:
         if self.actor is None or not llm_config.provider_name:
             return False
-        return await provider_types.provider_type(self.actor.organization_id, llm_config.provider_name) == KIMI_PROVIDER_TYPE
+        return await provider_type_async(llm_config.provider_name, self.actor.organization_id) == KIMI_PROVIDER_TYPE

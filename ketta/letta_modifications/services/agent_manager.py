@@ -13,7 +13,7 @@ from letta.schemas.user import User
 from letta.services.agent_manager import AgentManager
 
 from ketta import patching
-from ketta.letta_modifications.llm_api.kimi_client import provider_types
+from ketta.provider_keys import provider_type_async
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.patching import Patch
 
@@ -24,7 +24,7 @@ async def create_agent_async(self: AgentManager, agent_create: CreateAgent, acto
     """Refuse a Kimi agent without an embedding model, then create it as Letta does."""
     llm_config = agent_create.llm_config
     if llm_config is not None and agent_create.embedding_config is None and llm_config.provider_name:
-        if await provider_types.provider_type(actor.organization_id, llm_config.provider_name) == KIMI_PROVIDER_TYPE:
+        if await provider_type_async(llm_config.provider_name, actor.organization_id) == KIMI_PROVIDER_TYPE:
             raise LettaInvalidArgumentError(
                 f"Model '{llm_config.handle}' is served by Moonshot (Kimi), which has no embedding models: "
                 "pass 'embedding' with an embedding model of another provider, e.g. 'my-openai/text-embedding-3-small' "
