@@ -397,3 +397,18 @@ def test_data_migration_renames_openai_proxy_handles_and_base_configs(database_u
     assert handles == {"m-proxy": "CC Test/m1", "m-emb": "CC Test/e1"}
     assert configs["agent-proxy"]["handle"] == "CC Test/m1" and configs["agent-proxy"]["model"] == "m1"
     assert configs["agent-base"]["provider_category"] == "byok" and configs["agent-base"]["handle"] == "openai/gpt-4o"
+
+
+def test_head_revision_constant_is_alembics_head() -> None:
+    """migrations.HEAD_REVISION lets start-up skip alembic on an up-to-date database: it must be the real head."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory(str(migrations.SCRIPT_DIRECTORY)).get_heads() == [migrations.HEAD_REVISION]
+
+
+def test_upgrade_at_head_is_a_no_op(database_uri: str) -> None:
+    migrations.upgrade(database_uri)
+    before = migrations.snapshot_database(database_uri)
+    migrations.upgrade(database_uri)
+    assert migrations.current(database_uri) == migrations.HEAD_REVISION == HEAD
+    assert migrations.snapshot_database(database_uri) == before
