@@ -19,17 +19,14 @@ from ketta.settings import KettaSettings, get_settings
 log = logging.getLogger("ketta")
 
 
-def prepare(settings: KettaSettings | None = None, *, migrate: bool = True) -> str:
+def prepare(settings: KettaSettings | None = None) -> str:
     """Everything the app needs before Letta is imported; returns the database URI."""
-    from ketta import database, letta_modifications, secrets
+    from ketta import database, letta_modifications, migrations, secrets
 
     settings = settings or get_settings()
     uri = database.ensure_database(settings.home_dir)
     secrets.ensure_encryption_key(settings)
-    if migrate:
-        from ketta import migrations
-
-        migrations.upgrade(uri)
+    migrations.upgrade(uri)
     applied = letta_modifications.apply_all(settings)
     log.info("Ketta applied %d patches", len(applied))
     return uri

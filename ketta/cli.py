@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from typing import Optional
@@ -57,14 +56,19 @@ def server(
     import uvicorn
 
     from ketta import database, migrations
-    from ketta.app import create_app
+    from ketta.app import create_app, prepare
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM after its graceful shutdown (the embedded PostgreSQL is stopped by
     # then, in the app's lifespan): make that a normal exit with status 143, not a kill.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        app_ = create_app()
+        if workers > 1:
+            # This process only supervises: it settles the database (embedded one included),
+            # migrates once and checks the patches; each worker builds the app with create_app.
+            prepare(get_settings())
+        else:
+            app_ = create_app()
     except (database.DatabaseError, migrations.MigrationError, PatchDriftError) as exc:
         database.stop_embedded()
         _fail(str(exc))
@@ -99,8 +103,9 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     from ketta import database, migrations
 
     try:
-        migrations.upgrade(_database_uri(), revision)
-        typer.echo(f"at {migrations.current(os.environ['LETTA_PG_URI'])}")
+        uri = _database_uri()
+        migrations.upgrade(uri, revision)
+        typer.echo(f"at {migrations.current(uri)}")
     except migrations.MigrationError as exc:
         _fail(str(exc))
     finally:
@@ -124,8 +129,9 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g.
     from ketta import database, migrations
 
     try:
-        migrations.downgrade(_database_uri(), revision)
-        typer.echo(f"at {migrations.current(os.environ['LETTA_PG_URI']) or 'none'}")
+        uri = _database_uri()
+        migrations.downgrade(uri, revision)
+        typer.echo(f"at {migrations.current(uri) or 'none'}")
     except migrations.MigrationError as exc:
         _fail(str(exc))
     finally:
