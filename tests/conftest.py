@@ -81,8 +81,14 @@ def database_uri(make_database: Callable[[], str]) -> str:
     return make_database()
 
 
+# The server token every test server is started with (LETTA_SERVER_PASSWORD); test requests send
+# it through ``KettaProcess.headers`` / ``KettaProcess.client()``.
+TEST_TOKEN = "ketta-test-token-0123456789"
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env["LETTA_SERVER_PASSWORD"] = TEST_TOKEN
     env.update(overrides)
     return env
 
@@ -95,9 +101,19 @@ class KettaProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.db_uri = env.get("LETTA_PG_URI", "")
+        self.token = env.get("LETTA_SERVER_PASSWORD", "")
         self._log = open(log_path, "ab")
         command = [sys.executable, "-m", "ketta", "server", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])]
         self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every test request sends: the server token as a Bearer header."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """An HTTP client for this server that sends the token."""
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=120, **kwargs)
 
     def wait_healthy(self, timeout_s: float = 120) -> float:
         start = time.monotonic()

@@ -2,15 +2,15 @@
 
 Why it looks like this:
 
-- Ketta's revisions live in ``alembic/`` (next to the ``ketta`` package; the repo is installed
-  editable) and are recorded in ``ketta_alembic_version``, so Letta's own ``alembic_version``
+- Ketta's revisions live inside this package (``env.py``, ``versions/``), so a wheel carries
+  them, and are recorded in ``ketta_alembic_version``, so Letta's own ``alembic_version``
   is never touched and Ketta can adopt a database Letta's migrations made.
 - The baseline revision creates Letta 0.16.8's schema from a committed SQL snapshot
-  (``alembic/versions/letta_0_16_8_schema.sql``), not from ``letta.orm`` at run time: a migration
+  (``versions/letta_0_16_8_schema.sql``), not from ``letta.orm`` at run time: a migration
   must not change when Letta's ORM or a Ketta patch changes, ``create_all()`` differs from Letta's
   migrations in 40 places, and the ORM's column types even depend on ``LETTA_PG_URI`` being set
-  before ``letta`` is imported. ``alembic/tools/make_baseline_sql.py`` regenerates the snapshot
-  (create_all + ``alembic/tools/create_all_corrections.sql``, checked against the reference).
+  before ``letta`` is imported. ``tools/baseline/make_baseline_sql.py`` regenerates the snapshot
+  (create_all + ``tools/baseline/create_all_corrections.sql``, checked against the reference).
 - Every command runs in one transaction under ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)`` taken
   on the migration's own connection: two servers starting together on one database serialise,
   the second one finds the schema at head and does nothing. The lock is released by the commit
@@ -43,12 +43,12 @@ LETTA_VERSION_TABLE = "alembic_version"
 LETTA_HEAD = "1c28e167b74f"  # Letta 0.16.8's last alembic revision
 LETTA_VERSION = "0.16.8"
 BASELINE_REVISION = "0001_letta_0_16_8"
-# The newest revision in alembic/versions (a test checks it): lets a start-up on an up-to-date
+# The newest revision in versions/ (a test checks it): lets a start-up on an up-to-date
 # database skip loading alembic at all.
 HEAD_REVISION = "0003_provider_named_handles"
 # A fixed advisory-lock key for "Ketta migrations" (the bytes of 'ketta-db' as a bigint).
 MIGRATION_LOCK_KEY = int.from_bytes(b"ketta-db", "big")
-SCRIPT_DIRECTORY = Path(__file__).resolve().parent.parent / "alembic"
+SCRIPT_DIRECTORY = Path(__file__).resolve().parent
 # A few of Letta's tables: if any exists without a version table, someone made this schema by hand.
 LETTA_MARKER_TABLES = ("organizations", "agents", "messages", "providers", "users")
 # alembic's ``context`` and ``op`` are module globals: one migration at a time per process too.
