@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -19,16 +20,38 @@ from ketta.settings import KettaSettings, get_settings
 log = logging.getLogger("ketta")
 
 
-def prepare(settings: KettaSettings | None = None) -> str:
-    """Everything the app needs before Letta is imported; returns the database URI."""
-    from ketta import database, letta_modifications, migrations, secrets
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` settled on, for the start-up block."""
 
+    uri: str
+    patches_applied: int
+
+
+prepared: Prepared | None = None
+
+
+def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
+    """Everything the app needs before Letta is imported; returns the database URI.
+
+    ``attach``: use the embedded PostgreSQL of a ``ketta server`` already running on this
+    KETTA_HOME (commands run beside the server) instead of refusing.
+    """
+    global prepared
+    from ketta import cors, database, letta_modifications, logging_setup, migrations, secrets
+    from ketta.settings import load_environment
+
+    load_environment()
     settings = settings or get_settings()
-    uri = database.ensure_database(settings.home_dir)
+    logging_setup.configure(settings.log_level)
+    cors.settle_origins()
+    uri = database.ensure_database(settings.home_dir, attach=attach)
     secrets.ensure_encryption_key(settings)
     migrations.upgrade(uri)
     applied = letta_modifications.apply_all(settings)
+    logging_setup.configure(settings.log_level)  # again: importing Letta installed its logging config
     log.info("Ketta applied %d patches", len(applied))
+    prepared = Prepared(uri=uri, patches_applied=len(applied))
     return uri
 
 
@@ -58,11 +81,16 @@ def create_app() -> FastAPI:
     global _app
     if _app is None:
         prepare()
+        from ketta import logging_setup
+
+        logging_setup.configure(get_settings().log_level, quiet_stdout=True)
         from letta.server.rest_api.app import app
 
+        from ketta import cors
         from ketta.redaction import ProviderSecretsFilter
 
         app.add_middleware(ProviderSecretsFilter)
         app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
+        cors.outermost(app)  # last: preflights pass before any login middleware added above
         _app = app
     return _app

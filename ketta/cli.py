@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
-from typing import Optional
 
 import typer
 
 from ketta import LETTA_VERSION, __version__
 from ketta.settings import get_settings
 
-app = typer.Typer(help="Ketta: a drop-in Letta server where every LLM provider is a database row.", no_args_is_help=True)
+app = typer.Typer(
+    help="Ketta: a drop-in Letta server where every LLM provider is a database row.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # typer 0.29's rich help shows every flag as "--flag <bool>"
+)
 db_app = typer.Typer(help="Ketta's database migrations (own version table: ketta_alembic_version).", no_args_is_help=True)
 patches_app = typer.Typer(help="The declared patches over Letta.", invoke_without_command=True)
 providers_app = typer.Typer(help="Providers stored in the database.", no_args_is_help=True)
@@ -41,9 +44,16 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version_callback, is_eager=True, help="Print Ketta's and Letta's versions."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print Ketta's and Letta's versions."),
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ketta import logging_setup
+    from ketta.settings import SettingsError, load_environment
+
+    try:
+        load_environment()  # .env of the working directory, for Letta's settings too; process env wins
+        logging_setup.configure(get_settings().log_level)
+    except (SettingsError, ValueError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -55,29 +65,39 @@ def server(
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
     import uvicorn
 
-    from ketta import database, migrations
-    from ketta.app import create_app, prepare
+    from ketta import app as app_module
+    from ketta import cors, database, migrations, startup
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM after its graceful shutdown (the embedded PostgreSQL is stopped by
     # then, in the app's lifespan): make that a normal exit with status 143, not a kill.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        startup.check_port(host, port)  # before the slow part
         if workers > 1:
             # This process only supervises: it settles the database (embedded one included),
             # migrates once and checks the patches; each worker builds the app with create_app.
-            prepare(get_settings())
+            app_module.prepare(get_settings())
+            origins = cors.settle_origins()
         else:
-            app_ = create_app()
-    except (database.DatabaseError, migrations.MigrationError, PatchDriftError) as exc:
+            app_ = app_module.create_app()
+            origins = cors.allowed_origins(app_)
+        prepared = app_module.prepared
+        assert prepared is not None
+        info = startup.StartInfo(
+            url=f"http://{host}:{port}", database_uri=prepared.uri, embedded_home=database.embedded_home(),
+            revision=migrations.current(prepared.uri), login=startup.login_enabled(get_settings()),
+            patches_applied=prepared.patches_applied, cors_origins=origins,
+        )
+    except (database.DatabaseError, migrations.MigrationError, PatchDriftError, startup.PortInUse) as exc:
         database.stop_embedded()
         _fail(str(exc))
     try:
+        typer.echo(startup.block(info))
         if workers > 1:
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
             uvicorn.run("ketta.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False)
         else:
-            typer.echo(f"Ketta {__version__} on http://{host}:{port} (letta {LETTA_VERSION})")
             uvicorn.run(app_, host=host, port=port, access_log=False)
     finally:
         database.stop_embedded()
@@ -87,11 +107,11 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _database_uri() -> str:
+def _database_uri(attach: bool = False) -> str:
     from ketta import database
 
     try:
-        return database.ensure_database(get_settings().home_dir)
+        return database.ensure_database(get_settings().home_dir, attach=attach)
     except database.DatabaseError as exc:
         _fail(str(exc))
         raise  # unreachable
@@ -114,11 +134,11 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 
 @db_app.command("current")
 def db_current() -> None:
-    """Print Ketta's current revision (or 'none')."""
+    """Print Ketta's current revision (or 'none'); works beside a running server."""
     from ketta import database, migrations
 
     try:
-        typer.echo(migrations.current(_database_uri()) or "none")
+        typer.echo(migrations.current(_database_uri(attach=True)) or "none")
     finally:
         database.stop_embedded()
 
@@ -146,7 +166,7 @@ def patches_list(ctx: typer.Context) -> None:
     from ketta import letta_modifications
 
     settings = get_settings()
-    for row in letta_modifications.status(settings):
+    for row in letta_modifications.status_from_source(settings):  # no Letta import: answers in about a second
         state = "on " if row.enabled else "off"
         match = "ok" if row.problem is None else f"DRIFT: {row.problem}"
         typer.echo(f"{state} {row.patch.target:<75} {row.patch.setting:<18} {match}")
@@ -179,7 +199,8 @@ def patches_fingerprint(target: str = typer.Argument(..., help="module:Class.att
 @providers_app.command("import-env")
 def providers_import_env() -> None:
     """Create database providers from the usual env keys (OPENAI_API_KEY, ANTHROPIC_API_KEY,
-    GEMINI_API_KEY, OLLAMA_BASE_URL, MOONSHOT_API_KEY, ...), once; existing names are left alone."""
+    GEMINI_API_KEY, OLLAMA_BASE_URL, MOONSHOT_API_KEY, ...), once; existing names are left alone.
+    Works beside a running server (through its database)."""
     import asyncio
 
     from ketta import database, migrations
@@ -187,7 +208,7 @@ def providers_import_env() -> None:
     from ketta.import_env import import_env_providers
 
     try:
-        prepare(get_settings())
+        prepare(get_settings(), attach=True)
         outcomes = asyncio.run(import_env_providers())
     except (database.DatabaseError, migrations.MigrationError) as exc:
         _fail(str(exc))

@@ -1,7 +1,10 @@
-"""Where Ketta's PostgreSQL comes from: ``LETTA_PG_URI``, or an embedded server under KETTA_HOME.
+"""Where Ketta's PostgreSQL comes from: Letta's database variables, or an embedded server.
 
-Letta builds its engine from ``LETTA_PG_URI`` when ``letta.server.db`` is imported, so this
-module runs before anything imports Letta and exports the URI it settled on.
+``LETTA_PG_URI``, else ``LETTA_PG_DB/USER/PASSWORD/HOST/PORT`` (all five, as Letta requires),
+name an external server; only when none of them is set does Ketta start its embedded
+PostgreSQL under KETTA_HOME (a half-configured external database must never silently become
+an empty embedded one). Letta builds its engine from ``LETTA_PG_URI`` when ``letta.server.db``
+is imported, so this module runs before anything imports Letta and exports the URI it settled on.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 log = logging.getLogger("ketta.database")
 
@@ -47,7 +50,67 @@ def redact(uri: str) -> str:
     return uri
 
 
-def check_database(uri: str, timeout_s: float = 5.0) -> None:
+PARTS_HINT = "LETTA_PG_HOST/PORT/USER/PASSWORD/DB"
+
+
+def configured_uri() -> tuple[str, str] | None:
+    """(URI, the variables it came from) if the environment names an external database, else None.
+
+    The URI from the parts is Letta's own (``letta/settings.py``: ``postgresql+pg8000://user:
+    password@host:port/db``), with user and password percent-encoded so that any character works.
+    """
+    from ketta.settings import LettaDatabaseSettings
+
+    env = LettaDatabaseSettings()
+    if env.pg_uri:
+        validate_uri(env.pg_uri, "LETTA_PG_URI")
+        return env.pg_uri, "LETTA_PG_URI"
+    parts = env.parts()
+    if not any(parts.values()):
+        return None
+    missing = [name for name, value in parts.items() if not value]
+    if missing:
+        raise DatabaseError(
+            f"{', '.join(missing)} not set: with LETTA_PG_* Ketta uses that server and never its embedded "
+            f"database, so set {'it' if len(missing) == 1 else 'them'} too (or give the whole LETTA_PG_URI)."
+        )
+    port = parts["LETTA_PG_PORT"] or ""
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DatabaseError(f"LETTA_PG_PORT={port!r} is not a port number: set it to the PostgreSQL port, e.g. 5432.")
+    uri = (f"postgresql+pg8000://{quote(parts['LETTA_PG_USER'] or '', safe='')}:{quote(parts['LETTA_PG_PASSWORD'] or '', safe='')}"
+           f"@{parts['LETTA_PG_HOST']}:{port}/{parts['LETTA_PG_DB']}")
+    validate_uri(uri, PARTS_HINT)
+    return uri, PARTS_HINT
+
+
+def validate_uri(uri: str, source: str) -> None:
+    """Refuse a URI that is not a complete PostgreSQL URI, naming what is wrong (never the password)."""
+    import sqlalchemy as sa
+
+    expected = "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    try:
+        url = sa.engine.make_url(uri)
+        port = url.port
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        reason = "not a URI" if isinstance(exc, sa.exc.ArgumentError) else "bad port"
+        raise DatabaseError(f"{source} is malformed ({reason}): {expected}.") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseError(f"{source} names '{url.drivername}', not PostgreSQL: {expected}.")
+    if not url.host:
+        raise DatabaseError(f"{source} names no host: {expected}.")
+    if not url.database:
+        raise DatabaseError(f"{source} names no database: {expected}.")
+    if port is not None and not 0 < port < 65536:
+        raise DatabaseError(f"{source} has port {port}, outside 1-65535: {expected}.")
+
+
+def describe(uri: str) -> str:
+    """host:port/database of a URI, for the start-up block (no user, no password)."""
+    parts = urlsplit(uri)
+    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def check_database(uri: str, timeout_s: float = 5.0, source: str = "LETTA_PG_URI") -> None:
     """Refuse clearly if the database is unreachable or cannot have pgvector."""
     import sqlalchemy as sa
 
@@ -60,14 +123,14 @@ def check_database(uri: str, timeout_s: float = 5.0) -> None:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(
             f"Cannot reach PostgreSQL at {redact(uri)}: {reason}. "
-            "Check LETTA_PG_URI, or unset it to use Ketta's embedded PostgreSQL."
+            f"Check {source}, or unset it to use Ketta's embedded PostgreSQL."
         ) from exc
     finally:
         engine.dispose()
     if not installed and not available:
         raise DatabaseError(
             f"PostgreSQL at {redact(uri)} lacks the pgvector extension ('vector'). "
-            "Install pgvector on that server (https://github.com/pgvector/pgvector), or unset LETTA_PG_URI."
+            f"Install pgvector on that server (https://github.com/pgvector/pgvector), or unset {source}."
         )
 
 
@@ -178,6 +241,33 @@ class EmbeddedPostgres:
         self._started = True
         atexit.register(self.stop)
         self._ensure_database()
+        self._record_port()
+        return self.uri
+
+    def _record_port(self) -> None:
+        """Write 'pid N port P' to the lock file: other ketta commands attach to this server through it."""
+        if self._lock_file is not None:
+            self._lock_file.seek(0)
+            self._lock_file.truncate()
+            self._lock_file.write(f"pid {os.getpid()} port {self.port}\n")
+            self._lock_file.flush()
+
+    def running_uri(self) -> str | None:
+        """The URI of the embedded server another Ketta runs on this home (as recorded in its lock
+        file), if one holds the lock; None if nobody does."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "server.lock", "a+") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_file.seek(0)
+                fields = lock_file.read().split()
+            else:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+                return None
+        if "port" not in fields or not self.password_file.exists():
+            return None
+        self.port = int(fields[fields.index("port") + 1])
         return self.uri
 
     def _initdb(self, run_as: dict) -> None:
@@ -233,20 +323,39 @@ class EmbeddedPostgres:
 _embedded: EmbeddedPostgres | None = None
 
 
-def ensure_database(home: Path) -> str:
-    """Settle on the database (LETTA_PG_URI or embedded), check it, export LETTA_PG_URI; returns it."""
+def ensure_database(home: Path, attach: bool = False) -> str:
+    """Settle on the database (Letta's variables or embedded), check it, export LETTA_PG_URI; returns it.
+
+    With ``attach``, a command run beside a ``ketta server`` on the same KETTA_HOME uses that
+    server's embedded PostgreSQL (recorded in the lock file) instead of refusing.
+    """
     global _embedded
-    uri = os.environ.get("LETTA_PG_URI")
-    if not uri:
-        if _embedded is None:
-            _embedded = EmbeddedPostgres(home=home)
-            t0 = time.monotonic()
-            _embedded.start()
-            log.info("Embedded PostgreSQL on 127.0.0.1:%s ready in %.1fs", _embedded.port, time.monotonic() - t0)
-        uri = _embedded.uri
+    configured = configured_uri()
+    if configured is not None:
+        uri, source = configured
+        check_database(uri, source=source)
         os.environ["LETTA_PG_URI"] = uri
+        return uri
+    if _embedded is None:
+        embedded = EmbeddedPostgres(home=home)
+        running = embedded.running_uri() if attach else None
+        if running is not None:
+            check_database(running, source=f"the running Ketta's embedded PostgreSQL ({home})")
+            os.environ["LETTA_PG_URI"] = running
+            return running
+        t0 = time.monotonic()
+        _embedded = embedded  # set first: stop_embedded() releases the lock even if start fails
+        embedded.start()
+        log.info("Embedded PostgreSQL on 127.0.0.1:%s ready in %.1fs", embedded.port, time.monotonic() - t0)
+    uri = _embedded.uri
+    os.environ["LETTA_PG_URI"] = uri
     check_database(uri)
     return uri
+
+
+def embedded_home() -> Path | None:
+    """KETTA_HOME of the embedded PostgreSQL this process runs, if it runs one."""
+    return _embedded.home if _embedded is not None else None
 
 
 def stop_embedded() -> None:

@@ -1,12 +1,67 @@
-"""Ketta's own settings (env prefix ``KETTA_``); Letta keeps reading its own ``LETTA_*`` vars."""
+"""Ketta's own settings (env prefix ``KETTA_``); Letta keeps reading its own ``LETTA_*`` vars.
+
+Both come from the process environment first, then from ``.env`` in the working directory
+(:func:`load_environment` copies ``.env`` into ``os.environ`` without overriding, before Letta
+is imported, because Letta's own settings only read the process environment).
+"""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Variables that may instead be given as NAME_FILE=/path (Docker/compose secrets in /run/secrets).
+FILE_VARIABLES: tuple[str, ...] = (
+    "LETTA_SERVER_PASSWORD",
+    "LETTA_PG_PASSWORD",
+    "LETTA_PG_URI",
+    "LETTA_ENCRYPTION_KEY",
+)
+
+
+class SettingsError(ValueError):
+    """A setting given in a form Ketta cannot use; the message says what to fix."""
+
+
+def load_environment(dotenv: Path | None = None) -> None:
+    """``.env`` (working directory) into ``os.environ``, the process environment winning; then
+    ``NAME_FILE`` secrets into ``NAME``. Idempotent; call before anything imports Letta."""
+    from dotenv import dotenv_values
+
+    path = dotenv if dotenv is not None else Path.cwd() / ".env"
+    if path.is_file():
+        for key, value in dotenv_values(path).items():
+            if value is not None and key not in os.environ:
+                os.environ[key] = value
+    for name in FILE_VARIABLES:
+        file_name = os.environ.get(f"{name}_FILE")
+        if not file_name or os.environ.get(name):
+            continue
+        try:
+            os.environ[name] = Path(file_name).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={file_name} cannot be read ({exc.strerror}): mount the secret there, or set {name} instead.") from None
+
+
+class LettaDatabaseSettings(BaseSettings):
+    """Letta's own database variables (``letta/settings.py``), read the way Letta reads them."""
+
+    model_config = SettingsConfigDict(env_prefix="LETTA_", extra="ignore")
+
+    pg_uri: str | None = None
+    pg_db: str | None = None
+    pg_user: str | None = None
+    pg_password: str | None = None
+    pg_host: str | None = None
+    pg_port: str | None = None  # checked by ketta.database, which names a bad value
+
+    def parts(self) -> dict[str, str | None]:
+        """The LETTA_PG_* parts by variable name, empty strings as unset."""
+        return {f"LETTA_PG_{k.upper()}": (getattr(self, f"pg_{k}") or None) for k in ("db", "user", "password", "host", "port")}
 
 
 class KettaSettings(BaseSettings):
@@ -22,6 +77,7 @@ class KettaSettings(BaseSettings):
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data at run time (Letta fetches NLTK data at start-up).")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
+    log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     @property
     def home_dir(self) -> Path:

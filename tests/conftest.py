@@ -96,14 +96,16 @@ def clean_env(**overrides: str) -> dict[str, str]:
 class KettaProcess:
     """A ``ketta server`` subprocess on a free port; ``stop()`` sends SIGTERM like a user would."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None):
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None,
+                 ketta: list[str] | None = None, host: str = "127.0.0.1", token: str | None = None):
+        """``ketta``: the command that runs Ketta (default: this interpreter's ``-m ketta``)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.db_uri = env.get("LETTA_PG_URI", "")
-        self.token = env.get("LETTA_SERVER_PASSWORD", "")
+        self.token = token if token is not None else env.get("LETTA_SERVER_PASSWORD", "")
         self._log = open(log_path, "ab")
-        command = [sys.executable, "-m", "ketta", "server", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])]
+        command = [*(ketta or [sys.executable, "-m", "ketta"]), "server", "--host", host, "--port", str(self.port), *(args or [])]
         self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=log_path.parent)
 
     @property

@@ -23,7 +23,8 @@ def started_workers(log_text: str) -> set[str]:
 
 def test_uvicorn_factory_with_two_workers_shares_one_database(database_uri: str, tmp_path) -> None:
     port = free_port()
-    env = clean_env(LETTA_PG_URI=database_uri, KETTA_HOME=str(tmp_path / "home"))
+    # KETTA_LOG_LEVEL=info: the test counts workers by Letta's INFO line "Lifespan startup completed".
+    env = clean_env(LETTA_PG_URI=database_uri, KETTA_HOME=str(tmp_path / "home"), KETTA_LOG_LEVEL="info")
     command = [sys.executable, "-m", "uvicorn", "--factory", "ketta.app:create_app", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "2"]
     log = open(tmp_path / "uvicorn.log", "wb")

@@ -68,6 +68,36 @@ def status(settings: KettaSettings) -> list[PatchStatus]:
     ]
 
 
+def status_from_source(settings: KettaSettings) -> list[PatchStatus]:
+    """Like :func:`status`, read from source text without importing Letta (``ketta patches``).
+
+    Declarations and upstream fingerprints come from :mod:`ketta.patch_source`; whatever it
+    cannot settle from text (a fingerprint that differs, a computed target) is checked by
+    importing, so a drift is never missed. Replacements are not loaded (``replacement=None``).
+    """
+    from ketta import patch_source
+
+    rows: list[PatchStatus] = []
+    for module_name in PATCH_MODULES:
+        try:
+            declared = patch_source.declared_patches(module_name)
+        except patch_source.NotStatic:
+            declared = None
+        if declared is None:
+            module = importlib.import_module(module_name)
+            rows += [PatchStatus(p, module_name, enabled(p, settings), patching.is_applied(p), patching.drift(p)) for p in module.PATCHES]
+            continue
+        for found in declared:
+            patch = Patch(target=found.target, replacement=None, fingerprint=found.fingerprint, setting=found.setting,
+                          why=found.why, mode=found.mode)
+            try:
+                problem = patch_source.drift(found)
+            except patch_source.NotStatic:
+                problem = patching.drift(patch)  # imports the target: the slow, certain answer
+            rows.append(PatchStatus(patch, module_name, enabled(patch, settings), patching.is_applied(patch), problem))
+    return rows
+
+
 def verify() -> list[PatchStatus]:
     """Every declared patch whose target is missing or whose upstream source changed."""
     return [s for s in status(KettaSettings(allow_patch_drift=True)) if s.problem]

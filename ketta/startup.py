@@ -1,0 +1,69 @@
+"""What ``ketta server`` checks before its slow start, and the one block it prints once ready.
+
+Preparing the database and importing Letta take many seconds: a port that is already taken
+is reported before any of it, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PortInUse(RuntimeError):
+    """The server could not listen where asked; the message says what to do."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind (host, port) the way uvicorn will, and release it; refuse clearly if that fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        reason = "is in use (another server?)" if exc.errno in (98, 48) else f"cannot be used ({exc.strerror})"
+        raise PortInUse(f"Port {port} on {host} {reason}: pick another with --port, or stop what listens there.") from None
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """What the start-up block tells: where, on which database, with which protections."""
+
+    url: str
+    database_uri: str
+    embedded_home: Path | None
+    revision: str | None
+    login: bool | None
+    patches_applied: int
+    cors_origins: list[str]
+
+
+def login_enabled(settings: object) -> bool | None:
+    """Login on or off, from Ketta's auth setting when it exists, else Letta's LETTA_SERVER_SECURE."""
+    insecure = getattr(settings, "insecure_no_login", None)
+    if insecure is not None:
+        return not insecure
+    return os.environ.get("LETTA_SERVER_SECURE", "").lower() == "true"
+
+
+def block(info: StartInfo) -> str:
+    """The short start-up block (no password, no key)."""
+    from ketta import LETTA_VERSION, __version__
+    from ketta.database import describe
+
+    if info.embedded_home is not None:
+        database = f"embedded PostgreSQL, data in {info.embedded_home / 'pgdata'}"
+    else:
+        database = f"PostgreSQL {describe(info.database_uri)}"
+    login = {True: "on (Authorization: Bearer <LETTA_SERVER_PASSWORD>)", False: "OFF: anyone who reaches this port can use it", None: "unknown"}[info.login]
+    lines = [
+        f"Ketta {__version__} (Letta {LETTA_VERSION}) on {info.url}",
+        f"  database: {database}, schema {info.revision or 'none'}",
+        f"  login:    {login}",
+        f"  patches:  {info.patches_applied} applied ('ketta patches' lists them)",
+        f"  CORS:     {', '.join(info.cors_origins) or 'no browser origin allowed'}",
+    ]
+    return "\n".join(lines)

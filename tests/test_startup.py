@@ -1,0 +1,72 @@
+"""A quiet, useful start: one short block plus uvicorn's lines; a fast ``--help``; commands beside a server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import REPO, KettaProcess, clean_env
+from mock_openai import MockOpenAI
+
+
+def start_lines(server: KettaProcess) -> list[str]:
+    """What the server printed up to and including uvicorn's 'Application startup complete'."""
+    lines = server.log_text().splitlines()
+    end = next(i for i, line in enumerate(lines) if "Application startup complete" in line)
+    return lines[: end + 1]
+
+
+def test_default_start_prints_the_block_and_no_warning(shared_server: KettaProcess) -> None:
+    lines = start_lines(shared_server)
+    assert [line for line in lines if "WARNING" in line or "Warning" in line] == []
+    own = [line for line in lines if not line.startswith("INFO:")]  # uvicorn's lines start with 'INFO:'
+    assert own[0].startswith("Ketta 0.1.0 (Letta 0.16.8) on http://127.0.0.1:"), own
+    db_name = urlsplit(shared_server.db_uri).path.lstrip("/")
+    assert own[1].startswith("  database: PostgreSQL 127.0.0.1:") and f"/{db_name}, schema 0" in own[1], own
+    assert own[2].startswith("  login:    ")
+    assert own[3].startswith("  patches:  ") and "applied" in own[3]
+    assert own[4].startswith("  CORS:     ") and "http://localhost:8080" in own[4]
+    assert len(own) == 5, "nothing but the block: " + "\n".join(own)
+    password = urlsplit(shared_server.db_uri).password
+    assert password and password not in "\n".join(lines)
+
+
+def test_help_answers_fast_and_flags_read_as_flags() -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ketta", "--help"], env=clean_env(), cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "--version " in result.stdout and "<bool>" not in result.stdout
+    assert elapsed < 2, f"ketta --help took {elapsed:.2f}s"
+    imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "ketta", "--help"], env=clean_env(), cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    assert not re.search(r"\|\s+letta(\.|$)", imported.stderr, re.M), "--help does not import Letta"
+
+
+@pytest.mark.slow
+def test_db_current_and_import_env_beside_a_running_embedded_server(start_ketta: Callable[..., KettaProcess], tmp_path: Path) -> None:
+    server = start_ketta()  # embedded PostgreSQL under tmp_path/home
+    home = str(tmp_path / "home")
+    result = subprocess.run([sys.executable, "-m", "ketta", "db", "current"], env=clean_env(KETTA_HOME=home),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"\d{4}_\w+", result.stdout.strip()), result.stdout
+
+    with MockOpenAI(api_key="sk-beside") as llm:
+        env = clean_env(KETTA_HOME=home, OPENAI_API_KEY="sk-beside", OPENAI_API_BASE=llm.base_url, KETTA_ALLOW_PRIVATE_HOSTS="127.0.0.1")
+        imported = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stdout[-2000:] + imported.stderr[-2000:]
+    assert "openai: created" in imported.stdout
+    assert len(imported.stdout.strip().splitlines()) == 1, "one line per provider, no log noise: " + imported.stdout + imported.stderr
+    with server.client() as api:
+        assert "openai" in [p["name"] for p in api.get("/v1/providers/").json()], "the running server sees it at once"
+    assert (tmp_path / "home" / "pgdata" / "postmaster.pid").exists(), "the server's PostgreSQL still runs"
