@@ -38,13 +38,15 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     KETTA_HOME (commands run beside the server) instead of refusing.
     """
     global prepared
-    from ketta import cors, database, letta_modifications, logging_setup, migrations, secrets
+    from ketta import cors, database, letta_modifications, logging_setup, migrations, offline, secrets
     from ketta.settings import load_environment
 
     load_environment()
     settings = settings or get_settings()
     logging_setup.configure(settings.log_level)
     cors.settle_origins()
+    if settings.offline:
+        offline.stay_offline()
     uri = database.ensure_database(settings.home_dir, attach=attach)
     secrets.ensure_encryption_key(settings)
     migrations.upgrade(uri)

@@ -75,7 +75,7 @@ class KettaSettings(BaseSettings):
     no_openai_proxy: bool = Field(default=True, description="Handles are '{provider name}/{model}', never 'openai-proxy/...'.")
     env_key_fallback: bool = Field(default=True, description="With no key stored, use {PROVIDER_NAME}_API_KEY from the environment.")
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
-    offline: bool = Field(default=True, description="Never download data at run time (Letta fetches NLTK data at start-up).")
+    offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 

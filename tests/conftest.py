@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socketserver
+import threading
 import subprocess
 import sys
 import tempfile
@@ -180,6 +182,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iter
         KETTA_HOME=str(home),
         LETTA_PG_URI=with_database(pg_uri, name),
         KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
+        KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
     )
     proc = KettaProcess(env, home / "server.log")
     proc.wait_healthy()
@@ -196,3 +199,41 @@ def shared_db(shared_server: KettaProcess) -> Iterator[sa.Engine]:
     engine = sa.create_engine(sync_url(shared_server.db_uri), poolclass=sa.NullPool)
     yield engine
     engine.dispose()
+
+
+class RecordingProxy:
+    """A proxy on 127.0.0.1 that records the first line of every connection and forwards nothing:
+    point HTTP(S)_PROXY at it to see what a process tried to reach, with nothing leaving the machine."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        recorded = self.requests
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline(4096).decode("latin-1").strip()
+                if line:
+                    recorded.append(line)
+                self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        """Proxy variables for a child process; loopback stays direct."""
+        return {"HTTP_PROXY": self.url, "HTTPS_PROXY": self.url, "http_proxy": self.url, "https_proxy": self.url,
+                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy()
+    yield proxy
+    proxy.close()

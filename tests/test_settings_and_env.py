@@ -8,6 +8,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import time
 
 import httpx
 import sqlalchemy as sa
@@ -93,3 +94,52 @@ def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
         # Stock: delete is soft.
         assert api.delete(f"/v1/providers/{created.json()['id']}").status_code == 200
         assert rows(database_uri, "SELECT is_deleted FROM providers WHERE name = 'CC Test'") == [{"is_deleted": True}]
+
+
+def test_default_start_downloads_nothing(start_ketta, database_uri, recording_proxy):
+    """KETTA_OFFLINE defaults on: stock Letta's NLTK download at start is never attempted."""
+    server = start_ketta(env={"LETTA_PG_URI": database_uri, **recording_proxy.env()})
+    api = server.client()
+    with MockOpenAI() as llm:  # a message too: onnxruntime's telemetry went out seconds after start
+        assert api.post("/v1/providers/", json={"name": "offline", "provider_type": "openai", "api_key": "sk-x",
+                                                "base_url": llm.base_url}).status_code == 200
+        agent = api.post("/v1/agents/", json={"name": "offline", "model": "offline/mock-chat-1",
+                                               "embedding": "offline/text-embedding-3-small", "include_base_tools": False})
+        assert api.post(f"/v1/agents/{agent.json()['id']}/messages",
+                        json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert recording_proxy.requests == [], "nothing may leave the machine"
+    assert "skipped NLTK download of 'punkt_tab'" in server.log_text()
+
+
+def test_switches_turned_off_give_stock_behaviour_one_by_one(start_ketta, database_uri, recording_proxy):
+    """KETTA_OFFLINE=false, KETTA_KIMI_PROVIDER=false and KETTA_ENV_KEY_FALLBACK=false each do what they say."""
+    with MockOpenAI() as llm:
+        server = start_ketta(env={
+            "LETTA_PG_URI": database_uri, **recording_proxy.env(),
+            "KETTA_OFFLINE": "false", "KETTA_KIMI_PROVIDER": "false", "KETTA_ENV_KEY_FALLBACK": "false",
+            "NO_STORED_KEY_API_KEY": "sk-env-fallback-is-off",
+        })
+        api = server.client()
+        # offline off: Letta's start-up download was attempted (recent NLTK refuses to fetch through a
+        # proxy, so the attempt shows in the log, not at the recording proxy)
+        log = server.log_text()
+        assert "Checking NLTK data availability" in log and "skipped NLTK download" not in log
+        # ... and onnxruntime's telemetry goes out some seconds after start (to the recording proxy)
+        deadline = time.monotonic() + 180
+        while not any("events.data.microsoft.com" in line for line in recording_proxy.requests):
+            assert time.monotonic() < deadline, f"no telemetry attempt seen: {recording_proxy.requests}"
+            time.sleep(0.5)
+        # kimi off: the provider type does not exist
+        kimi = api.post("/v1/providers/", json={"name": "k", "provider_type": "kimi", "api_key": "sk-x", "base_url": llm.base_url})
+        assert kimi.status_code == 422, kimi.text
+        # env fallback off: a provider with no stored key never gets the env var's key
+        created = api.post("/v1/providers/", json={"name": "no stored key", "provider_type": "openai", "api_key": "",
+                                                   "base_url": llm.base_url})
+        assert created.status_code == 200, created.text
+        agent = api.post("/v1/agents/", json={"name": "switches", "model": "no stored key/mock-chat-1",
+                                               "embedding": "no stored key/text-embedding-3-small", "include_base_tools": False})
+        assert agent.status_code == 200, agent.text
+        llm.clear()
+        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert llm.requests, "the message reached the LLM endpoint"
+        assert "sk-env-fallback-is-off" not in {r.api_key for r in llm.requests}

@@ -34,3 +34,13 @@ def test_sync_list_llm_and_embedding_models() -> None:
         assert all(handle.startswith("kimi/") for handle in listed["llm"])
         assert listed["embedding"] == []
         assert any(r.path == "/v1/models" and r.api_key == "sk-sync" for r in moon.requests)
+
+
+def test_a_kimi_provider_without_base_url_talks_to_moonshot_china() -> None:
+    """China keys are the common case (DESIGN.md: keys are region-bound); the type's default
+    endpoint is what create stores and every call uses when no base_url is given."""
+    script = SCRIPT.split("provider = ")[0] + 'print(KimiProvider(name="kimi", provider_category="byok").base_url)\n'
+    env = clean_env(LETTA_PG_URI="postgresql://nobody:none@127.0.0.1:1/none?sslmode=disable")  # never connected
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "https://api.moonshot.cn/v1"
