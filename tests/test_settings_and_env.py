@@ -98,7 +98,7 @@ def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
 
 def test_default_start_downloads_nothing(start_ketta, database_uri, recording_proxy):
     """KETTA_OFFLINE defaults on: stock Letta's NLTK download at start is never attempted."""
-    server = start_ketta(env={"LETTA_PG_URI": database_uri, **recording_proxy.env()})
+    server = start_ketta(env={"LETTA_PG_URI": database_uri, "KETTA_LOG_LEVEL": "info", **recording_proxy.env()})
     api = server.client()
     with MockOpenAI() as llm:  # a message too: onnxruntime's telemetry went out seconds after start
         assert api.post("/v1/providers/", json={"name": "offline", "provider_type": "openai", "api_key": "sk-x",
@@ -115,7 +115,7 @@ def test_switches_turned_off_give_stock_behaviour_one_by_one(start_ketta, databa
     """KETTA_OFFLINE=false, KETTA_KIMI_PROVIDER=false and KETTA_ENV_KEY_FALLBACK=false each do what they say."""
     with MockOpenAI() as llm:
         server = start_ketta(env={
-            "LETTA_PG_URI": database_uri, **recording_proxy.env(),
+            "LETTA_PG_URI": database_uri, "KETTA_LOG_LEVEL": "info", **recording_proxy.env(),
             "KETTA_OFFLINE": "false", "KETTA_KIMI_PROVIDER": "false", "KETTA_ENV_KEY_FALLBACK": "false",
             "NO_STORED_KEY_API_KEY": "sk-env-fallback-is-off",
         })
