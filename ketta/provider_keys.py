@@ -20,7 +20,7 @@ from ketta.providers import ProviderMissing, env_fallback_key
 from ketta.settings import get_settings
 
 _ROW_QUERY = sa.text(
-    "SELECT api_key_enc, provider_type FROM providers "
+    "SELECT api_key_enc, provider_type, base_url FROM providers "
     "WHERE name = :name AND organization_id = :org AND NOT is_deleted LIMIT 1"
 )
 
@@ -32,6 +32,7 @@ class ProviderRow:
     found: bool
     encrypted_key: str | None = None
     provider_type: str | None = None
+    base_url: str | None = None
 
 
 _MISSING = ProviderRow(found=False)
@@ -55,7 +56,7 @@ def _remembered(provider_name: str, organization_id: str) -> ProviderRow | None:
 
 
 def _as_row(result: sa.Row | None) -> ProviderRow:
-    return ProviderRow(True, result[0], result[1]) if result is not None else _MISSING
+    return ProviderRow(True, result[0], result[1], result[2]) if result is not None else _MISSING
 
 
 @lru_cache(maxsize=1)
@@ -107,6 +108,23 @@ def lookup_key(provider_name: str, organization_id: str, handle: str | None = No
     if not row.found:
         raise ProviderMissing(provider_name, handle)
     return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name)
+
+
+async def base_url_async(provider_name: str, organization_id: str) -> str | None:
+    """The provider's base_url as stored now (a PATCHed base_url is used by the next call)."""
+    return (await provider_row_async(provider_name, organization_id)).base_url
+
+
+def base_url(provider_name: str, organization_id: str) -> str | None:
+    """Synchronous twin of :func:`base_url_async`."""
+    row = _remembered(provider_name, organization_id) or _read_row_sync(provider_name, organization_id)
+    return row.base_url
+
+
+def remembered_rows_of_type(provider_type: str) -> list[ProviderRow]:
+    """The rows of that type this request already read (e.g. the agent's anthropic provider)."""
+    rows = _request_rows.get() or {}
+    return [row for row in rows.values() if row.found and row.provider_type == provider_type]
 
 
 async def provider_type_async(provider_name: str, organization_id: str) -> str | None:

@@ -51,11 +51,16 @@ class ProviderMissing(HTTPException):
 
 def clean_provider_name(name: str | None) -> str:
     """Trimmed name, 1–100 characters, no '/' (a handle is '{provider name}/{model}')."""
+    if name is not None and not isinstance(name, str):
+        raise ProviderInputError("Provider 'name' must be a string.")
     cleaned = (name or "").strip()
     if not cleaned:
         raise ProviderInputError("Provider 'name' must not be empty.")
     if len(cleaned) > MAX_NAME_LENGTH:
         raise ProviderInputError(f"Provider 'name' must be at most {MAX_NAME_LENGTH} characters (got {len(cleaned)}).")
+    bad = bad_character(cleaned)
+    if bad:
+        raise ProviderInputError(f"Provider 'name' must not contain {bad}; remove it.")
     if "/" in cleaned:
         raise ProviderInputError(f"Provider 'name' must not contain '/' (handles are '{{provider name}}/{{model}}'): '{cleaned}'.")
     return cleaned
@@ -104,3 +109,108 @@ def _upstream_message(response) -> str:
         if body.get("message"):
             return str(body["message"])
     return str(body)[:300]
+
+
+# --- Input checked at the edge: what would otherwise reach the database or an upstream as a 500 ---
+
+MAX_KEY_LENGTH = 8192  # the longest real keys (JWT-style service tokens) are ~2 KB
+MAX_TEXT_LENGTH = 2048  # base_url, region, api_version
+
+# Types Letta knows but a user cannot create over REST: `letta` is Letta Cloud's own hosted
+# models (a base provider of Letta's, no user key), `chatgpt_oauth` needs an OAuth flow this
+# API does not offer (its key field holds a JSON token bundle Letta writes itself).
+REFUSED_PROVIDER_TYPES: dict[str, str] = {
+    "letta": "'letta' is Letta Cloud's own hosted provider and cannot be created here",
+    "chatgpt_oauth": "'chatgpt_oauth' needs an OAuth sign-in flow that this server does not offer",
+}
+
+
+def bad_character(text: str, *, controls: bool = True) -> str | None:
+    """A description of the first character that cannot be stored or sent, else None."""
+    for char in text:
+        code = ord(char)
+        if code == 0:
+            return "a NUL character (U+0000)"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"an unpaired surrogate (U+{code:04X})"
+        if controls and (code < 0x20 or 0x7F <= code < 0xA0):
+            return f"a control character (U+{code:04X})"
+    return None
+
+
+def check_text(value: object, field: str, *, max_length: int = MAX_TEXT_LENGTH, controls: bool = True) -> None:
+    """422 naming the field unless ``value`` is None or a storable string of bounded length."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ProviderInputError(f"'{field}' must be a string.")
+    if len(value) > max_length:
+        raise ProviderInputError(f"'{field}' must be at most {max_length} characters (got {len(value)}).")
+    bad = bad_character(value, controls=controls)
+    if bad:
+        raise ProviderInputError(f"'{field}' must not contain {bad}; remove it.")
+
+
+def check_key(value: object, field: str = "api_key") -> None:
+    """A key is bounded and free of NUL/surrogates (it is encrypted and sent in a header)."""
+    check_text(value, field, max_length=MAX_KEY_LENGTH, controls=False)
+
+
+def check_creatable_type(provider_type: object) -> None:
+    """422 for the provider types that cannot be created over REST (see REFUSED_PROVIDER_TYPES)."""
+    value = getattr(provider_type, "value", provider_type)
+    reason = REFUSED_PROVIDER_TYPES.get(str(value))
+    if reason:
+        raise ProviderInputError(f"provider_type {reason}; choose another provider_type (e.g. 'openai' for any OpenAI-compatible API).")
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ProviderInputError(f"'limit' must be at least 1 (got {limit}).")
+
+
+def check_provider_fields(fields: dict) -> None:
+    """Every user-supplied provider field: names, URLs, keys, region, api_version."""
+    for field in ("base_url", "region", "api_version"):
+        check_text(fields.get(field), field)
+    for field in ("api_key", "access_key"):
+        check_key(fields.get(field), field)
+
+
+class UpstreamUnavailable(HTTPException):
+    """The provider's API could not be used (502) or did not answer in time (504)."""
+
+    def __init__(self, name: str, status: int, message: str):
+        what = "did not answer in time" if status == 504 else "could not be used"
+        super().__init__(status_code=status, detail=f"Provider '{name}': the API {what}: {message}")
+
+
+def classify_upstream_error(exc: BaseException) -> tuple[int, str]:
+    """(status to answer, the upstream's words) for an exception raised while calling a provider's API.
+
+    401/403: the key was refused; 504: timeout; 502: unreachable, a 5xx, or an answer that is
+    not the API's; 400: any other 4xx (e.g. a base_url without the API behind it).
+    """
+    import asyncio
+
+    import httpx
+
+    rejection = upstream_rejection(exc)
+    if rejection:
+        return rejection
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if isinstance(current, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
+            return 504, f"no answer in time ({name})"
+        response = getattr(current, "response", None)
+        status = getattr(current, "status_code", None) or getattr(response, "status_code", None)
+        if isinstance(status, int) and 400 <= status and not isinstance(current, HTTPException):
+            message = _upstream_message(response) if response is not None and hasattr(response, "json") else str(current)
+            return (502 if status >= 500 else 400), f"HTTP {status}: {message[:300]}"
+        if isinstance(current, (httpx.TransportError, ConnectionError, OSError)) or "Connection" in name:
+            return 502, f"unreachable ({name})"
+        current = current.__cause__ or current.__context__
+    return 502, f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -8,13 +8,18 @@ provider): with 50 providers that is ~150 queries for a list Ketta can read in t
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from contextvars import ContextVar
 from typing import List, Optional
 
+from fastapi import HTTPException
 from sqlalchemy import select
 
 from ketta import patching
 from ketta.patching import Patch
+from ketta.providers import check_text
+from letta.orm.errors import NoResultFound
 from letta import constants
 from letta.orm.provider import Provider as ProviderRow
 from letta.orm.provider_model import ProviderModel as ProviderModelRow
@@ -37,6 +42,31 @@ async def _sync_provider_models_async(self: SyncServer) -> None:
 LIST_TARGET = "letta.server.server:SyncServer.list_llm_models_async"
 
 
+async def _first_sync(server: SyncServer, provider, actor: User) -> None:
+    """List an unsynced provider's models once; on failure it stays unsynced (the next listing
+    retries) and the listing goes on without them. A provider deleted meanwhile is skipped."""
+    from ketta.letta_modifications.services.provider_manager import list_upstream_models, typed_for_listing
+
+    try:
+        models = await list_upstream_models(await typed_for_listing(provider), provider.name)
+        await server.provider_manager.sync_provider_models_async(provider, *models, organization_id=actor.organization_id)
+    except (HTTPException, NoResultFound) as exc:
+        log.warning("Provider '%s': models not listed yet (%s)", provider.name, getattr(exc, "detail", exc))
+
+
+# provider name -> provider type of the models listed by this request (GET /v1/models/ builds
+# each Model from an LLMConfig, which has no field for the provider's type).
+_listed_types: ContextVar[dict[str, str] | None] = ContextVar("ketta_listed_provider_types", default=None)
+
+
+def listed_provider_types() -> dict[str, str]:
+    types = _listed_types.get()
+    if types is None:
+        types = {}
+        _listed_types.set(types)
+    return types
+
+
 async def list_llm_models_async(
     self: SyncServer,
     actor: User,
@@ -47,6 +77,7 @@ async def list_llm_models_async(
     """The organization's LLM models from the database; stock code for the cases it special-cases."""
     if model_settings.auto_mode_enabled:
         return await patching.original(LIST_TARGET)(self, actor, provider_category, provider_name, provider_type)
+    check_text(provider_name, "provider_name")
     if provider_category and ProviderCategory.byok not in provider_category:
         return []  # every Ketta provider is an organization's own ("byok"); there are no base providers
     async with db_registry.async_session() as session:
@@ -55,25 +86,30 @@ async def list_llm_models_async(
             query = query.where(ProviderRow.name == provider_name)
         if provider_type:
             query = query.where(ProviderRow.provider_type == provider_type.value)
-        providers = list((await session.execute(query)).scalars())
-        needs_stock = any(p.last_synced is None or p.provider_type == ProviderType.chatgpt_oauth.value for p in providers)
-        if not needs_stock and providers:
-            models_query = select(ProviderModelRow).where(
-                ProviderModelRow.provider_id.in_([p.id for p in providers]),
-                ProviderModelRow.model_type == "llm",
-                ProviderModelRow.enabled.is_(True),
-                ProviderModelRow.is_deleted.is_(False),
-            )
-            models = list((await session.execute(models_query)).scalars())
-        providers = [row.to_pydantic() for row in providers]
-    if needs_stock:  # first listing syncs the models; chatgpt_oauth backfills its fixed list
+        providers = [row.to_pydantic() for row in (await session.execute(query)).scalars()]
+    if any(p.provider_type == ProviderType.chatgpt_oauth for p in providers):  # only migrated rows: backfills a fixed list
         return await patching.original(LIST_TARGET)(self, actor, provider_category, provider_name, provider_type)
+    unsynced = [p for p in providers if p.last_synced is None]
+    if unsynced:  # created during an outage (or before Ketta): list them now, each on its own
+        await asyncio.gather(*(_first_sync(self, p, actor) for p in unsynced))
     if not providers:
         return []
+    async with db_registry.async_session() as session:
+        models_query = select(ProviderModelRow).where(
+            ProviderModelRow.provider_id.in_([p.id for p in providers]),
+            ProviderModelRow.model_type == "llm",
+            ProviderModelRow.enabled.is_(True),
+            ProviderModelRow.is_deleted.is_(False),
+        )
+        models = list((await session.execute(models_query)).scalars())
     typed = {p.id: p.cast_to_subtype() for p in providers}
     configs = []
+    types = listed_provider_types()
     for model in models:
-        provider = typed[model.provider_id]
+        provider = typed.get(model.provider_id)
+        if provider is None:
+            continue
+        types[provider.name] = provider.provider_type.value
         configs.append(
             LLMConfig(
                 model=model.name,

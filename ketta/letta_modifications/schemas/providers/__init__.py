@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ketta.letta_modifications.schemas.providers.base import UPDATE_WHY, ProviderUpdate
 from ketta.letta_modifications.schemas.providers.kimi import KimiProvider
 from ketta.patching import Patch
 
@@ -13,5 +14,12 @@ PATCHES = [
         setting="kimi_provider",
         why="'from letta.schemas.providers import KimiProvider' works like for Letta's own provider classes.",
         mode="add",
+    ),
+    Patch(
+        target="letta.schemas.providers:ProviderUpdate",
+        replacement=ProviderUpdate,
+        fingerprint="6da86835778a0f10",
+        setting="unified_providers",
+        why=UPDATE_WHY,
     ),
 ]

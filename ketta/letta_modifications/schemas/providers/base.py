@@ -8,9 +8,12 @@ Ketta's, and extended with :func:`register_provider_class`.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 import letta.schemas.providers as letta_providers
 from letta.schemas.enums import ProviderType
 from letta.schemas.providers.base import Provider
+from letta.schemas.providers.base import ProviderUpdate as LettaProviderUpdate
 
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, KimiProvider
 from ketta.patching import Patch
@@ -50,10 +53,33 @@ def cast_to_subtype(self: Provider) -> Provider:
     return provider_class_for(self.provider_type)(**self.model_dump(exclude_none=True))
 
 
+class ProviderUpdate(LettaProviderUpdate):
+    """PATCH body where every field is optional: Klui's edit form for ollama sends only ``base_url``
+    (stock requires ``api_key`` and answers 422). Fields not sent keep their stored values."""
+
+    api_key: str | None = Field(None, description="A new API key; omit it to keep the stored one.")
+
+
+class ProviderUpdate(LettaProviderUpdate):
+    """PATCH body where every field is optional: Klui's edit form for ollama sends only ``base_url``
+    (stock requires ``api_key`` and answers 422). Fields not sent keep their stored values."""
+
+    api_key: str | None = Field(None, description="A new API key; omit it to keep the stored one.")
+
+
 _register_letta_classes()
 register_provider_class(KimiProvider, KIMI_PROVIDER_TYPE)
 
+UPDATE_WHY = "PATCH /v1/providers/{id} accepts any subset of fields (api_key optional); fields not sent are kept."
+
 PATCHES = [
+    Patch(
+        target="letta.schemas.providers.base:ProviderUpdate",
+        replacement=ProviderUpdate,
+        fingerprint="6da86835778a0f10",
+        setting="unified_providers",
+        why=UPDATE_WHY,
+    ),
     Patch(
         target="letta.schemas.providers.base:Provider.cast_to_subtype",
         replacement=cast_to_subtype,
