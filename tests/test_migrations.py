@@ -209,6 +209,15 @@ def test_two_servers_upgrading_together_apply_the_schema_once(database_uri: str,
     assert_no_schema_difference(migrations.snapshot_database(database_uri, exclude_tables=KETTA_TABLES), reference)
 
 
+def advisory_lock_waiters(engine: sa.Engine) -> int:
+    """Sessions waiting for Ketta's migration lock (pg_locks splits the bigint key in two halves)."""
+    key = migrations.MIGRATION_LOCK_KEY
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = :hi AND objid = :lo"), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalar()
+
+
 def test_upgrade_waits_for_the_advisory_lock(database_uri: str, engine_for) -> None:
     """Another holder of the migration lock (a starting server) makes upgrade wait, not race."""
     engine = engine_for(database_uri)
@@ -218,9 +227,14 @@ def test_upgrade_waits_for_the_advisory_lock(database_uri: str, engine_for) -> N
     migration = threading.Thread(target=migrations.upgrade, args=(database_uri,))
     try:
         migration.start()
-        time.sleep(0.7)
+        # The upgrade's connection shows up in pg_locks as waiting for the advisory lock.
+        deadline = time.monotonic() + 120
+        while not advisory_lock_waiters(engine):
+            assert migration.is_alive(), "upgrade finished while another session held the lock"
+            assert time.monotonic() < deadline, "upgrade never waited for the migration lock"
+            time.sleep(0.05)
         assert migration.is_alive()
-        assert not table_exists(engine, "agents")
+        assert not table_exists(engine, "agents"), "nothing is migrated while the lock is held elsewhere"
     finally:
         holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrations.MIGRATION_LOCK_KEY})
         holder.close()

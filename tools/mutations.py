@@ -147,6 +147,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_settings_and_env.py::test_default_start_downloads_nothing",),
         "onnxruntime's telemetry never leaves the machine.",
     ),
+    Mutation(
+        "migration-without-lock",
+        "ketta/migrations/__init__.py",
+        '    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})',
+        "    pass",
+        ("tests/test_migrations.py::test_upgrade_waits_for_the_advisory_lock",),
+        "Two servers starting together on one database migrate one after the other.",
+    ),
 )
 
 
