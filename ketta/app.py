@@ -92,6 +92,10 @@ def create_app() -> FastAPI:
         from ketta.redaction import ProviderSecretsFilter
 
         app.add_middleware(ProviderSecretsFilter)
+        if get_settings().provider_health:
+            from ketta.provider_health_api import router as health_router
+
+            app.include_router(health_router)
         app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
         cors.outermost(app)  # last: preflights pass before any login middleware added above
         _app = app

@@ -77,6 +77,9 @@ class KettaSettings(BaseSettings):
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
+    provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
+    provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")
+    provider_health_flush: float = Field(default=5.0, gt=0, description="At most this often (s) each worker writes its providers' health to the database.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     @property

@@ -20,8 +20,8 @@ from ketta import migrations
 from ketta.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0003_provider_named_handles"
-KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE)
+HEAD = "0004_provider_health"
+KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health")
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
 
@@ -83,9 +83,9 @@ def test_baseline_on_empty_database_matches_letta_reference(database_uri: str, r
     assert migrations.current(database_uri) == HEAD
     snapshot = migrations.snapshot_database(database_uri, exclude_tables=KETTA_TABLES)
     assert_no_schema_difference(snapshot, reference)
-    # Ketta's only addition is its version table; Letta's own version table is not created.
+    # Ketta adds its version table and provider health; Letta's own version table is not created.
     engine = engine_for(database_uri)
-    assert table_exists(engine, migrations.VERSION_TABLE)
+    assert table_exists(engine, migrations.VERSION_TABLE) and table_exists(engine, "ketta_provider_health")
     assert not table_exists(engine, migrations.LETTA_VERSION_TABLE)
     # The sequence the ORM's create_all forgets really numbers messages.
     with engine.begin() as conn:
@@ -136,7 +136,7 @@ def test_adopts_letta_made_database_without_schema_change(database_uri: str, eng
 
     migrations.upgrade(database_uri)
 
-    after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE,))
+    after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health"))
     assert_no_schema_difference(after, before)
     assert migrations.current(database_uri) == HEAD
     with engine.connect() as conn:
@@ -251,7 +251,8 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     migrations.upgrade(database_uri)
 
     migrations.downgrade(database_uri, "-1")
-    assert migrations.current(database_uri) == "0002_unify_providers"
+    assert migrations.current(database_uri) == "0003_provider_named_handles"
+    assert not table_exists(engine, "ketta_provider_health")
     migrations.downgrade(database_uri, migrations.BASELINE_REVISION)
     assert migrations.current(database_uri) == migrations.BASELINE_REVISION
     migrations.downgrade(database_uri, "base")
@@ -262,7 +263,7 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
         types = conn.execute(sa.text("SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
                                      "WHERE n.nspname = 'public' AND t.typtype = 'e'")).scalars().all()
     assert left == [migrations.VERSION_TABLE] and types == []
-    assert migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE,))["sequences"] == []
+    assert migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health"))["sequences"] == []
     migrations.upgrade(database_uri)  # and it comes back from scratch
     assert migrations.current(database_uri) == HEAD
 

@@ -45,7 +45,7 @@ LETTA_VERSION = "0.16.8"
 BASELINE_REVISION = "0001_letta_0_16_8"
 # The newest revision in versions/ (a test checks it): lets a start-up on an up-to-date
 # database skip loading alembic at all.
-HEAD_REVISION = "0003_provider_named_handles"
+HEAD_REVISION = "0004_provider_health"
 # A fixed advisory-lock key for "Ketta migrations" (the bytes of 'ketta-db' as a bigint).
 MIGRATION_LOCK_KEY = int.from_bytes(b"ketta-db", "big")
 SCRIPT_DIRECTORY = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from ketta import patching
+from ketta import llm_calls, patching
 from ketta.patching import Patch
 from ketta.provider_keys import lookup_key, lookup_key_async
 from letta.llm_api.llm_client_base import LLMClientBase
@@ -32,6 +32,12 @@ async def get_byok_overrides_async(self: LLMClientBase, llm_config: LLMConfig) -
     return await lookup_key_async(llm_config.provider_name, self.actor.organization_id, llm_config.handle), None, None
 
 
+def __init__(self: LLMClientBase, *args, **kwargs) -> None:
+    """Letta's constructor, then the client's sending methods report to provider health."""
+    patching.original(f"{TARGET}.__init__")(self, *args, **kwargs)
+    llm_calls.instrument(self)
+
+
 PATCHES = [
     Patch(
         target=f"{TARGET}.get_byok_overrides",
@@ -46,5 +52,13 @@ PATCHES = [
         fingerprint="bbf41787c2dc9065",
         setting="unified_providers",
         why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored.",
+    ),
+    Patch(
+        target=f"{TARGET}.__init__",
+        replacement=__init__,
+        fingerprint="2c23bc4a96ba6da5",
+        setting="provider_health",
+        why="Every LLM client is built here: its request/stream/embedding calls record their provider's outcome "
+        "(status class, latency, scrubbed error) for GET /v1/providers/{id}/health.",
     ),
 ]
