@@ -7,7 +7,8 @@ few direct constructions alike), and each client sends through four methods:
 subclasses that call ``super()`` are not counted twice and every provider type is covered
 without patching each client class. The wrapper times the call and records the outcome with
 :mod:`ketta.provider_health`; a stream counts from the request to the opened response (its
-headers), a stream that fails later is recorded as a second, failed call.
+headers), a stream that fails later is recorded as a second, failed call. An agent's client
+with fallback handles (:mod:`ketta.provider_fallback`) sends a failed request elsewhere here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ketta import provider_health
+from ketta import provider_fallback, provider_health
 
 WRAPPED = "_ketta_instrumented"
 
@@ -80,10 +81,14 @@ class RecordedStream:
             raise
 
 
-def _async_wrapper(client: Any, method: Callable, stream: bool) -> Callable:
+def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) -> Callable:
     @functools.wraps(method)
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         organization, provider = _organization(client), provider_of(_config(args, kwargs))
+        fallbacks = sendable and provider_fallback.fallbacks_of(client)
+        if fallbacks:
+            client._ketta_answer = None
+            provider_fallback.answered_by.set(None)
         started = time.perf_counter()
         try:
             result = await method(*args, **kwargs)
@@ -91,6 +96,8 @@ def _async_wrapper(client: Any, method: Callable, stream: bool) -> Callable:
             raise
         except Exception as exc:
             provider_health.record(organization, provider, exc, time.perf_counter() - started)
+            if fallbacks and len(args) >= 2 and provider_fallback.retriable(exc):
+                return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], exc, kwargs)
             raise
         provider_health.record(organization, provider, None, time.perf_counter() - started)
         if stream and hasattr(result, "__aiter__"):
@@ -149,7 +156,7 @@ def instrument(client: Any) -> None:
         if inspect.isasyncgenfunction(function):
             wrapped = _async_generator_wrapper(client, method)
         elif inspect.iscoroutinefunction(function):
-            wrapped = _async_wrapper(client, method, stream=name == "stream_async")
+            wrapped = _async_wrapper(client, method, stream=name == "stream_async", sendable=name in ("request_async", "stream_async"))
         else:
             wrapped = _sync_wrapper(client, method)
         setattr(client, name, wrapped)

@@ -126,6 +126,37 @@ async def list_llm_models_async(
     return configs
 
 
+CREATE_AGENT = "letta.server.server:SyncServer.create_agent_async"
+UPDATE_AGENT = "letta.server.server:SyncServer.update_agent_async"
+
+
+async def create_agent_async(self: SyncServer, request, actor: User):
+    """Letta's agent creation, after checking the agent's fallback handles (400 naming a bad one)."""
+    from ketta import provider_fallback
+
+    if request.metadata and provider_fallback.METADATA_KEY in request.metadata:
+        primary = request.llm_config
+        if primary is None and request.model:
+            primary = await provider_fallback.resolve(request.model, actor)
+        await provider_fallback.validate(request.metadata, actor, getattr(primary, "handle", None) or request.model,
+                                         getattr(primary, "model_endpoint_type", None))
+    return await patching.original(CREATE_AGENT)(self, request, actor)
+
+
+async def update_agent_async(self: SyncServer, agent_id: str, request, actor: User):
+    """Letta's agent update, after checking fallback handles sent in ``metadata``."""
+    from ketta import provider_fallback
+
+    if request.metadata and provider_fallback.METADATA_KEY in request.metadata:
+        primary = request.llm_config
+        if primary is None and request.model:
+            primary = await provider_fallback.resolve(request.model, actor)
+        if primary is None:
+            primary = (await self.agent_manager.get_agent_by_id_async(agent_id=agent_id, actor=actor)).llm_config
+        await provider_fallback.validate(request.metadata, actor, primary.handle, primary.model_endpoint_type)
+    return await patching.original(UPDATE_AGENT)(self, agent_id, request, actor)
+
+
 PATCHES = [
     Patch(
         target=LIST_TARGET,
@@ -140,5 +171,19 @@ PATCHES = [
         fingerprint="e0fef70dabe394ab",
         setting="unified_providers",
         why="Start-up makes no calls to env-configured providers' APIs.",
+    ),
+    Patch(
+        target=CREATE_AGENT,
+        replacement=create_agent_async,
+        fingerprint="36d02e286dbc24c7",
+        setting="provider_fallback",
+        why="metadata.ketta_fallback_handles must name existing handles of the agent's API format (400 otherwise).",
+    ),
+    Patch(
+        target=UPDATE_AGENT,
+        replacement=update_agent_async,
+        fingerprint="60d8e08e9739ab5a",
+        setting="provider_fallback",
+        why="metadata.ketta_fallback_handles must name existing handles of the agent's API format (400 otherwise).",
     ),
 ]

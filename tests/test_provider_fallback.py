@@ -1,0 +1,125 @@
+"""Fallback handles: a failing primary provider is replaced by the agent's next handle."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from conftest import KettaProcess
+from mock_openai import MockOpenAI
+
+PRIMARY_KEY = "sk-primary-key-0123456789"
+BACKUP_KEY = "sk-backup-key-9876543210"
+FALLBACKS = "ketta_fallback_handles"
+
+
+@pytest.fixture
+def primary() -> Iterator[MockOpenAI]:
+    with MockOpenAI(api_key=PRIMARY_KEY, reply="from primary") as server:
+        yield server
+
+
+@pytest.fixture
+def backup() -> Iterator[MockOpenAI]:
+    with MockOpenAI(api_key=BACKUP_KEY, reply="from backup") as server:
+        yield server
+
+
+def provider(client: httpx.Client, name: str, llm: MockOpenAI, key: str) -> str:
+    created = client.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": key, "base_url": llm.base_url})
+    assert created.status_code == 200, created.text
+    return created.json()["id"]
+
+
+def setup(client: httpx.Client, primary: MockOpenAI, backup: MockOpenAI) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {"primary": f"prim-{suffix}", "backup": f"back-{suffix}"}
+    ids = {"primary": provider(client, names["primary"], primary, PRIMARY_KEY), "backup": provider(client, names["backup"], backup, BACKUP_KEY)}
+    agent = client.post("/v1/agents/", json={
+        "name": f"fallback-{suffix}", "agent_type": "letta_v1_agent", "include_base_tools": False,
+        "model": f"{names['primary']}/mock-chat-1", "embedding": f"{names['backup']}/text-embedding-3-small",
+        "metadata": {FALLBACKS: [f"{names['backup']}/mock-chat-1"]}})
+    assert agent.status_code == 200, agent.text
+    return {"names": names, "ids": ids, "agent": agent.json()["id"]}
+
+
+def send(client: httpx.Client, agent_id: str) -> httpx.Response:
+    return client.post(f"/v1/agents/{agent_id}/messages", json={"messages": [{"role": "user", "content": "hello"}]})
+
+
+def assistant(response: httpx.Response) -> list[dict[str, Any]]:
+    return [m for m in response.json()["messages"] if m["message_type"] == "assistant_message"]
+
+
+def test_fallback_handles_are_checked_on_create_and_update(shared_server: KettaProcess, primary: MockOpenAI, backup: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        base = {"agent_type": "letta_v1_agent", "include_base_tools": False,
+                "model": f"{made['names']['primary']}/mock-chat-1", "embedding": f"{made['names']['backup']}/text-embedding-3-small"}
+        missing = client.post("/v1/agents/", json={**base, "metadata": {FALLBACKS: ["no-such-provider/mock-chat-1"]}})
+        assert missing.status_code == 400 and "no-such-provider/mock-chat-1" in missing.json()["detail"]
+        not_a_list = client.post("/v1/agents/", json={**base, "metadata": {FALLBACKS: "x/y"}})
+        assert not_a_list.status_code == 400 and FALLBACKS in not_a_list.json()["detail"]
+
+        bad_update = client.patch(f"/v1/agents/{made['agent']}", json={"metadata": {FALLBACKS: ["gone/model"]}})
+        assert bad_update.status_code == 400 and "gone/model" in bad_update.json()["detail"]
+        stored = client.get(f"/v1/agents/{made['agent']}").json()["metadata"]
+        assert stored[FALLBACKS] == [f"{made['names']['backup']}/mock-chat-1"]  # nothing half-stored
+
+
+@pytest.mark.parametrize("failure", [429, 503, "refused"])
+def test_failing_primary_is_answered_by_the_fallback(shared_server: KettaProcess, primary: MockOpenAI, backup: MockOpenAI, failure: Any) -> None:
+    messages = 4
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        if failure == "refused":
+            primary.stop()  # the provider's base_url now refuses connections
+        else:
+            for _ in range(messages * 3):  # the SDK's own retries included
+                primary.queue_error(failure, "rate limited" if failure == 429 else "overloaded",
+                                    "rate_limit_exceeded" if failure == 429 else "server_error")
+        replies = [send(client, made["agent"]) for _ in range(messages)]
+        assert [r.status_code for r in replies] == [200] * messages, replies[-1].text
+        assert all(assistant(r)[0]["content"] == "from backup" for r in replies)
+        step = client.get(f"/v1/steps/{assistant(replies[-1])[0]['step_id']}").json()
+        assert step["model_handle"] == f"{made['names']['backup']}/mock-chat-1"
+        health = client.get(f"/v1/providers/{made['ids']['primary']}/health").json()
+        backup_health = client.get(f"/v1/providers/{made['ids']['backup']}/health").json()
+
+    assert len(backup.chat_requests()) == messages
+    assert {r.api_key for r in backup.chat_requests()} == {BACKUP_KEY}
+    assert all(r.body["model"] == "mock-chat-1" for r in backup.chat_requests())
+    expected_class = {429: "429", 503: "5xx", "refused": "connection"}[failure]
+    assert health["errors"] == messages and health["status_classes"] == {expected_class: messages}, health
+    assert health["state"] == "down"
+    assert backup_health["state"] == "healthy" and backup_health["status_classes"].get("2xx") == messages
+
+
+def test_a_4xx_other_than_429_is_not_sent_elsewhere(shared_server: KettaProcess, primary: MockOpenAI, backup: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        primary.queue_error(400, "bad request: unsupported parameter", "invalid_request_error")
+        reply = send(client, made["agent"])
+    assert reply.status_code >= 400
+    assert backup.chat_requests() == []
+
+
+def test_streaming_falls_back_before_the_first_token(shared_server: KettaProcess, primary: MockOpenAI, backup: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        for _ in range(3):
+            primary.queue_error(503, "overloaded")
+        with client.stream("POST", f"/v1/agents/{made['agent']}/messages/stream",
+                           json={"messages": [{"role": "user", "content": "hello"}], "stream_tokens": True}) as response:
+            assert response.status_code == 200
+            events = [json.loads(line[len("data: "):]) for line in response.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+    types = [e.get("message_type") for e in events]
+    assert "error_message" not in types and "error" not in json.dumps(events).lower(), events
+    text = "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message")
+    assert text == "from backup"
+    assert len(backup.chat_requests()) == 1 and backup.chat_requests()[0].body.get("stream") is True
