@@ -26,6 +26,7 @@ class Prepared:
 
     uri: str
     patches_applied: int
+    encryption_key: str = ""  # where the current key comes from and its id (never the key)
 
 
 prepared: Prepared | None = None
@@ -38,7 +39,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     KETTA_HOME (commands run beside the server) instead of refusing.
     """
     global prepared
-    from ketta import cors, database, letta_modifications, logging_setup, migrations, offline, secrets
+    from ketta import cors, database, keyring, letta_modifications, logging_setup, migrations, offline, secrets
     from ketta.settings import load_environment
 
     load_environment()
@@ -48,12 +49,16 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     if settings.offline:
         offline.stay_offline()
     uri = database.ensure_database(settings.home_dir, attach=attach)
-    secrets.ensure_encryption_key(settings)
+    keys = secrets.ensure_encryption_key(settings)
     migrations.upgrade(uri)
+    if settings.encryption_keyring:
+        keyring.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line
+    key_info = f"{keys.describe()} (key id {keys.current.id})"
+    log.info("Encryption key: %s. A database backup cannot be read without it: keep a copy (`ketta keys export`).", key_info)
     applied = letta_modifications.apply_all(settings)
     logging_setup.configure(settings.log_level)  # again: importing Letta installed its logging config
     log.info("Ketta applied %d patches", len(applied))
-    prepared = Prepared(uri=uri, patches_applied=len(applied))
+    prepared = Prepared(uri=uri, patches_applied=len(applied), encryption_key=key_info)
     return uri
 
 

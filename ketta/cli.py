@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import Optional
 
 import typer
 
@@ -19,9 +20,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Ketta's database migrations (own version table: ketta_alembic_version).", no_args_is_help=True)
 patches_app = typer.Typer(help="The declared patches over Letta.", invoke_without_command=True)
 providers_app = typer.Typer(help="Providers stored in the database.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys of the stored secrets: check, rotate, export, import.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(patches_app, name="patches")
 app.add_typer(providers_app, name="providers")
+app.add_typer(keys_app, name="keys")
 
 
 def _fail(message: str) -> None:
@@ -67,6 +70,7 @@ def server(
 
     from ketta import app as app_module
     from ketta import cors, database, migrations, startup
+    from ketta.keyring import KeyringError
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM after its graceful shutdown (the embedded PostgreSQL is stopped by
@@ -87,9 +91,9 @@ def server(
         info = startup.StartInfo(
             url=f"http://{host}:{port}", database_uri=prepared.uri, embedded_home=database.embedded_home(),
             revision=migrations.current(prepared.uri), login=startup.login_enabled(get_settings()),
-            patches_applied=prepared.patches_applied, cors_origins=origins,
+            patches_applied=prepared.patches_applied, cors_origins=origins, encryption_key=prepared.encryption_key,
         )
-    except (database.DatabaseError, migrations.MigrationError, PatchDriftError, startup.PortInUse) as exc:
+    except (database.DatabaseError, migrations.MigrationError, KeyringError, PatchDriftError, startup.PortInUse) as exc:
         database.stop_embedded()
         _fail(str(exc))
     try:
@@ -206,11 +210,12 @@ def providers_import_env() -> None:
     from ketta import database, migrations
     from ketta.app import prepare
     from ketta.import_env import import_env_providers
+    from ketta.keyring import KeyringError
 
     try:
         prepare(get_settings(), attach=True)
         outcomes = asyncio.run(import_env_providers())
-    except (database.DatabaseError, migrations.MigrationError) as exc:
+    except (database.DatabaseError, migrations.MigrationError, KeyringError) as exc:
         _fail(str(exc))
     finally:
         database.stop_embedded()
@@ -220,6 +225,143 @@ def providers_import_env() -> None:
         typer.echo(f"{name}: {outcome}")
     if any(outcome.startswith("refused") for _, outcome in outcomes):
         raise typer.Exit(code=1)
+
+
+def _keyring() -> "keyring.Keyring":
+    from ketta import keyring
+
+    try:
+        return keyring.load_keyring(get_settings(), create=False)
+    except keyring.KeyringError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+@keys_app.command("check")
+def keys_check() -> None:
+    """Decrypt every stored secret with the configured keys; count what each key reads.
+
+    Exits non-zero when the server would refuse to start or some value no key can decrypt."""
+    from ketta import database, keyring
+
+    keys = _keyring()
+    try:
+        report = keyring.check(_database_uri(attach=True), keys)  # read-only: works beside a running server
+    except keyring.KeyringError as exc:
+        _fail(str(exc))
+        raise
+    finally:
+        database.stop_embedded()
+    for index, key in enumerate(keys.keys):
+        role = "current " if index == 0 else "previous"
+        typer.echo(f"{role} key id {key.id}  {key.source}: decrypts {report.per_key[index]} of {report.total} stored secrets")
+    if report.plaintext:
+        typer.echo(f"unencrypted (stored by Letta without a key): {len(report.plaintext)} (`ketta keys rotate` encrypts them)")
+    for stored in report.undecryptable:
+        typer.echo(f"undecryptable: {stored.where}")
+    if report.check_key_id is None:
+        typer.echo("check value: none yet (written at the next start)")
+    elif report.check_key is None:
+        _fail(keyring.refusal(keys, f"its check value was written with key id {report.check_key_id}"))
+    else:
+        typer.echo(f"check value: key id {report.check_key_id} ({keys.keys[report.check_key].source})")
+    if report.undecryptable:
+        _fail(f"{len(report.undecryptable)} stored secret(s) cannot be decrypted with any configured key")
+    if any(report.per_key[1:]) or report.check_key:
+        typer.echo(f"some secrets are under a previous key: `ketta keys rotate --new-key <current key>` re-encrypts them")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    new_key: Optional[str] = typer.Option(None, "--new-key", help="The new key (default: a random one; required with LETTA_ENCRYPTION_KEY set)."),
+    new_key_file: Optional[str] = typer.Option(None, "--new-key-file", help="Read the new key from this file (keeps it out of the process list)."),
+    skip_undecryptable: bool = typer.Option(False, "--skip-undecryptable", help="Leave values no key can decrypt as they are (listed) instead of aborting."),
+) -> None:
+    """Re-encrypt every stored secret under a new key, in one transaction; the old key is kept."""
+    from ketta import database, keyring
+
+    keys = _keyring()
+    try:
+        if new_key_file is not None:
+            new_key = _read_text(new_key_file).strip()
+        if new_key is None:
+            if keys.current_from_env:
+                _fail(f"{keyring.ENV_KEY} is set, so Ketta cannot switch the key for you: pass --new-key "
+                      "(`ketta keys generate` makes one), then set it on every server.")
+            new_key = keyring.generate_key()
+        new_key = keyring.validate_new_key(new_key)
+        result, archived = keyring.rotate_with_files(_database_uri(), keys, new_key, skip_undecryptable=skip_undecryptable,
+                                                     progress=lambda n: typer.echo(f"  decrypted {n} values", err=True))
+    except keyring.KeyringError as exc:
+        _fail(str(exc))
+        raise
+    finally:
+        database.stop_embedded()
+    for stored in result.skipped:
+        typer.echo(f"skipped (no key decrypts it, left as is): {stored.where}")
+    typer.echo(f"re-encrypted {result.rotated} stored values in {len(result.columns)} columns under key id "
+               f"{keyring.fingerprint(new_key)} in {result.seconds:.1f} s"
+               + (f" ({result.plaintext} were unencrypted)" if result.plaintext else ""))
+    if archived is not None:
+        typer.echo(f"new key in {keys.key_file}; old key kept in {archived} (mode 0600): remove it once no server "
+                   "and no backup you keep needs it. Restart servers that share this database.")
+    elif keys.current_from_env and new_key != keys.current.value:
+        typer.echo(f"now set {keyring.ENV_KEY} to the new key on every server, with the old one in "
+                   f"{keyring.ENV_PREVIOUS}, restarting them one by one")
+
+
+def _read_text(path: str) -> str:
+    try:
+        from pathlib import Path
+
+        return Path(path).read_text()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+        raise
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new random key (for --new-key or LETTA_ENCRYPTION_KEY); changes nothing."""
+    from ketta import keyring
+
+    typer.echo(keyring.generate_key())
+
+
+@keys_app.command("export")
+def keys_export(file: Optional[str] = typer.Argument(None, help="Write to FILE (mode 0600) instead of stdout.")) -> None:
+    """Write the keys (current and previous) as env-file lines, for a backup or another machine."""
+    import os
+
+    from ketta import keyring
+
+    text = keyring.export_text(_keyring())
+    if file is None:
+        typer.echo(text, nl=False)
+        return
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    typer.echo(f"wrote {file} (mode 0600)")
+
+
+@keys_app.command("import")
+def keys_import(
+    file: str = typer.Argument(..., help="A file written by `ketta keys export`."),
+    force: bool = typer.Option(False, "--force", help="Replace a different existing KETTA_HOME/encryption_key (kept as .old)."),
+) -> None:
+    """Install exported keys in KETTA_HOME (encryption_key, previous ones as .old files)."""
+    from ketta import keyring
+
+    try:
+        current, previous = keyring.parse_export(_read_text(file))
+        written = keyring.import_keys(get_settings().home_dir, current, previous, force=force)
+    except (OSError, keyring.KeyringError) as exc:
+        _fail(str(exc))
+        raise
+    for path in written:
+        typer.echo(f"wrote {path} (mode 0600)")
+    typer.echo("`ketta keys check` shows what they decrypt")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Variables that may instead be given as NAME_FILE=/path (Docker/compose secrets in /run/secrets).
@@ -76,6 +76,8 @@ class KettaSettings(BaseSettings):
     env_key_fallback: bool = Field(default=True, description="With no key stored, use {PROVIDER_NAME}_API_KEY from the environment.")
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
+    encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")
+    previous_encryption_keys: SecretStr = Field(default=SecretStr(""), description="Comma list of earlier encryption keys, accepted for decryption only (key rotation).")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")

@@ -39,6 +39,7 @@ class StartInfo:
     login: bool | None
     patches_applied: int
     cors_origins: list[str]
+    encryption_key: str = ""  # source and key id of the current encryption key (never the key)
 
 
 def login_enabled(settings: object) -> bool | None:
@@ -66,4 +67,6 @@ def block(info: StartInfo) -> str:
         f"  patches:  {info.patches_applied} applied ('ketta patches' lists them)",
         f"  CORS:     {', '.join(info.cors_origins) or 'no browser origin allowed'}",
     ]
+    if info.encryption_key:
+        lines.append(f"  key:      {info.encryption_key}; a database backup cannot be read without it ('ketta keys export')")
     return "\n".join(lines)

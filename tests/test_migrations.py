@@ -20,8 +20,8 @@ from ketta import migrations
 from ketta.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0004_provider_health"
-KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health")
+HEAD = "0005_encryption_check"
+KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE)
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
 
@@ -136,7 +136,8 @@ def test_adopts_letta_made_database_without_schema_change(database_uri: str, eng
 
     migrations.upgrade(database_uri)
 
-    after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health"))
+    after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health",
+                                                                       migrations.ENCRYPTION_CHECK_TABLE))
     assert_no_schema_difference(after, before)
     assert migrations.current(database_uri) == HEAD
     with engine.connect() as conn:
@@ -250,6 +251,9 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     make_letta_database(engine)  # adopted: Letta's alembic_version goes too
     migrations.upgrade(database_uri)
 
+    migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0004_provider_health"
+    assert not table_exists(engine, migrations.ENCRYPTION_CHECK_TABLE)
     migrations.downgrade(database_uri, "-1")
     assert migrations.current(database_uri) == "0003_provider_named_handles"
     assert not table_exists(engine, "ketta_provider_health")

@@ -33,7 +33,8 @@ def test_default_start_prints_the_block_and_no_warning(shared_server: KettaProce
     assert own[2].startswith("  login:    ")
     assert own[3].startswith("  patches:  ") and "applied" in own[3]
     assert own[4].startswith("  CORS:     ") and "http://localhost:8080" in own[4]
-    assert len(own) == 5, "nothing but the block: " + "\n".join(own)
+    assert own[5].startswith("  key:      ") and "key id " in own[5] and "backup" in own[5], own
+    assert len(own) == 6, "nothing but the block: " + "\n".join(own)
     password = urlsplit(shared_server.db_uri).password
     assert password and password not in "\n".join(lines)
 

@@ -43,9 +43,11 @@ LETTA_VERSION_TABLE = "alembic_version"
 LETTA_HEAD = "1c28e167b74f"  # Letta 0.16.8's last alembic revision
 LETTA_VERSION = "0.16.8"
 BASELINE_REVISION = "0001_letta_0_16_8"
+# Ketta's own tables besides its version table (not part of Letta's schema).
+ENCRYPTION_CHECK_TABLE = "ketta_encryption_check"
 # The newest revision in versions/ (a test checks it): lets a start-up on an up-to-date
 # database skip loading alembic at all.
-HEAD_REVISION = "0004_provider_health"
+HEAD_REVISION = "0005_encryption_check"
 # A fixed advisory-lock key for "Ketta migrations" (the bytes of 'ketta-db' as a bigint).
 MIGRATION_LOCK_KEY = int.from_bytes(b"ketta-db", "big")
 SCRIPT_DIRECTORY = Path(__file__).resolve().parent

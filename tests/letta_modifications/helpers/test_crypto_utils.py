@@ -1,0 +1,82 @@
+"""The keyring patch of Letta's CryptoUtils: decryption tries every configured key, encryption
+uses the current one; and Ketta's own cipher (ketta.keyring) reads and writes Letta's format."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterator
+
+import pytest
+
+from ketta import keyring, patching
+from ketta.letta_modifications.helpers import crypto_utils as patch_module
+
+KEY_A = "key-A-" + "a" * 40
+KEY_B = "key-B-" + "b" * 40
+KEY_X = "key-X-" + "x" * 40
+
+
+@pytest.fixture
+def letta_crypto(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[type]:
+    """Letta's CryptoUtils with the keyring patch applied and keyring [B, A] active."""
+    from letta.helpers.crypto_utils import CryptoUtils
+    from letta.settings import settings
+
+    monkeypatch.setattr(settings, "encryption_key", KEY_B)
+    monkeypatch.setattr(keyring, "_active", keyring.Keyring(
+        (keyring.Key(KEY_B, "LETTA_ENCRYPTION_KEY"), keyring.Key(KEY_A, "KETTA_PREVIOUS_ENCRYPTION_KEYS[0]")), tmp_path, True))
+    monkeypatch.setenv("LETTA_ENCRYPTION_KEY", KEY_B)
+    applied = [p for p in patch_module.PATCHES if patching.apply(p)]
+    yield CryptoUtils
+    for p in applied:
+        patching.revert(p)
+
+
+def test_ketta_and_letta_read_each_others_ciphertext() -> None:
+    from letta.helpers.crypto_utils import CryptoUtils
+
+    assert keyring.decrypt(CryptoUtils.encrypt("from letta", master_key=KEY_A), KEY_A) == "from letta"
+    assert CryptoUtils.decrypt(keyring.encrypt("from ketta", KEY_A), master_key=KEY_A) == "from ketta"
+    shared_salt = b"s" * 16
+    one, two = keyring.encrypt("one", KEY_A, shared_salt), keyring.encrypt("two", KEY_A, shared_salt)
+    assert one != two and CryptoUtils.decrypt(two, master_key=KEY_A) == "two"
+    assert CryptoUtils.is_encrypted(one) and keyring.looks_encrypted(one) and not keyring.looks_encrypted("sk-plain")
+
+
+def test_decryption_tries_current_then_previous_keys(letta_crypto: type) -> None:
+    from letta.schemas.secret import Secret
+
+    under_a, under_b = keyring.encrypt("old", KEY_A), keyring.encrypt("new", KEY_B)
+    assert letta_crypto.decrypt(under_a) == "old" and letta_crypto.decrypt(under_b) == "new"
+    assert asyncio.run(letta_crypto.decrypt_async(under_a)) == "old"
+    assert Secret.from_encrypted(under_a).get_plaintext() == "old"
+    assert asyncio.run(Secret.from_encrypted(under_a).get_plaintext_async()) == "old"
+    # Encryption uses the current key only.
+    assert keyring.decrypt(letta_crypto.encrypt("written"), KEY_B) == "written"
+    # An explicit key is honoured as upstream: no fallback.
+    with pytest.raises(ValueError, match="Failed to decrypt data"):
+        letta_crypto.decrypt(under_a, master_key=KEY_B)
+
+
+def test_a_value_no_key_reads_fails_as_letta_does_with_the_count(letta_crypto: type) -> None:
+    from letta.schemas.secret import Secret
+
+    under_x = keyring.encrypt("lost", KEY_X)
+    with pytest.raises(ValueError, match="Failed to decrypt data with any of the 2 configured encryption keys"):
+        letta_crypto.decrypt(under_x)
+    with pytest.raises(ValueError, match="Failed to decrypt data with any of the 2"):
+        asyncio.run(letta_crypto.decrypt_async(under_x))
+    with pytest.raises(ValueError, match="Failed to decrypt data"):
+        Secret.from_encrypted(under_x).get_plaintext()
+    assert Secret.from_encrypted("sk-stored-unencrypted").get_plaintext() == "sk-stored-unencrypted"
+
+
+def test_without_the_patch_a_previous_key_is_not_tried(letta_crypto: type) -> None:
+    for p in patch_module.PATCHES:
+        patching.revert(p)
+    try:
+        with pytest.raises(ValueError, match="Failed to decrypt data"):
+            letta_crypto.decrypt(keyring.encrypt("old", KEY_A))
+    finally:
+        for p in patch_module.PATCHES:
+            patching.apply(p)
