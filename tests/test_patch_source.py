@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env
+from test_startup import child_cpu_seconds
 from ketta import patch_source, patching
 from ketta.letta_modifications import PATCH_MODULES
 
@@ -81,13 +82,14 @@ def test_text_fingerprint_follows_inspect_on_decorators_trailing_comments_and_re
 
 
 def test_ketta_patches_lists_every_patch_without_importing_letta() -> None:
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), child_cpu_seconds()
     listed = subprocess.run([sys.executable, "-X", "importtime", "-m", "ketta", "patches"], env=clean_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, child_cpu_seconds() - cpu_before
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert not re.search(r"\|\s+letta(\.|$)", listed.stderr, re.M), "ketta patches does not import Letta"
     rows = [line for line in listed.stdout.splitlines() if line.startswith(("on ", "off"))]
     total = sum(len(importlib.import_module(m).PATCHES) for m in PATCH_MODULES)
     assert len(rows) == total and all(line.endswith(" ok") for line in rows), listed.stdout
-    print(f"\nketta patches (with -X importtime): {elapsed:.2f}s")
+    assert cpu < 2, f"ketta patches used {cpu:.2f}s of CPU ({elapsed:.2f}s wall)"
+    print(f"\nketta patches (with -X importtime): {cpu:.2f}s CPU, {elapsed:.2f}s wall")

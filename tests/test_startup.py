@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -39,14 +40,20 @@ def test_default_start_prints_the_block_and_no_warning(shared_server: KettaProce
     assert password and password not in "\n".join(lines)
 
 
+def child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def test_help_answers_fast_and_flags_read_as_flags() -> None:
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), child_cpu_seconds()
     result = subprocess.run([sys.executable, "-m", "ketta", "--help"], env=clean_env(), cwd=REPO,
                             capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, child_cpu_seconds() - cpu_before
     assert result.returncode == 0, result.stderr
     assert "--version " in result.stdout and "<bool>" not in result.stdout
-    assert elapsed < 2, f"ketta --help took {elapsed:.2f}s"
+    # CPU time, not wall time: on a shared machine the wall clock measures the neighbours.
+    assert cpu < 2, f"ketta --help used {cpu:.2f}s of CPU ({elapsed:.2f}s wall)"
     imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "ketta", "--help"], env=clean_env(), cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert not re.search(r"\|\s+letta(\.|$)", imported.stderr, re.M), "--help does not import Letta"
