@@ -82,7 +82,7 @@ def server(
             # This process only supervises: it settles the database (embedded one included),
             # migrates once and checks the patches; each worker builds the app with create_app.
             app_module.prepare(get_settings())
-            origins = cors.settle_origins()
+            origins = [*cors.settle_origins(), "Letta's built-in origins"]  # Letta is not imported here
         else:
             app_ = app_module.create_app()
             origins = cors.allowed_origins(app_)
