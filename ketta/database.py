@@ -94,7 +94,9 @@ def validate_uri(uri: str, source: str) -> None:
     except (sa.exc.ArgumentError, ValueError) as exc:
         reason = "not a URI" if isinstance(exc, sa.exc.ArgumentError) else "bad port"
         raise DatabaseError(f"{source} is malformed ({reason}): {expected}.") from None
-    if url.get_backend_name() not in ("postgresql", "postgres"):
+    if url.get_backend_name() == "postgres":  # Letta builds its engines with SQLAlchemy, which has no 'postgres'
+        raise DatabaseError(f"{source} starts with 'postgres://': write 'postgresql://' ({expected}).")
+    if url.get_backend_name() != "postgresql":
         raise DatabaseError(f"{source} names '{url.drivername}', not PostgreSQL: {expected}.")
     if not url.host:
         raise DatabaseError(f"{source} names no host: {expected}.")

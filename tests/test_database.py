@@ -56,11 +56,28 @@ def test_partial_letta_pg_parts_name_the_missing_ones(tmp_path: Path) -> None:
     ("not a uri", "not a URI"),
     (f"mysql://letta:{PASSWORD}@db:3306/letta", "not PostgreSQL"),
     (f"postgresql://letta:{PASSWORD}@db:5432", "no database"),
+    (f"postgres://letta:{PASSWORD}@db:5432/letta", "write 'postgresql://'"),
 ])
 def test_malformed_uri_is_one_line(tmp_path: Path, uri: str, reason: str) -> None:
     code, output, _ = start_failing(tmp_path, LETTA_PG_URI=uri)
     assert_one_line_refusal(code, output, tmp_path)
     assert "LETTA_PG_URI" in output and reason in output
+
+
+def test_parts_are_built_into_letta_uri_with_any_character_in_user_and_password(monkeypatch) -> None:
+    from ketta.database import configured_uri
+
+    for name in ("LETTA_PG_URI",):
+        monkeypatch.delenv(name, raising=False)
+    parts = {"LETTA_PG_HOST": "db.internal", "LETTA_PG_PORT": "6543", "LETTA_PG_USER": "me@corp",
+             "LETTA_PG_PASSWORD": "p@ss:w/rd%41#?", "LETTA_PG_DB": "agents"}
+    for name, value in parts.items():
+        monkeypatch.setenv(name, value)
+    uri, source = configured_uri()
+    assert source == "LETTA_PG_HOST/PORT/USER/PASSWORD/DB"
+    url = sa.engine.make_url(uri)
+    assert url.drivername == "postgresql+pg8000", "Letta's own URI form"
+    assert (url.username, url.password, url.host, url.port, url.database) == ("me@corp", "p@ss:w/rd%41#?", "db.internal", 6543, "agents")
 
 
 def test_parts_naming_a_dead_port_is_one_line(tmp_path: Path) -> None:
