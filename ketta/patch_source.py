@@ -66,7 +66,7 @@ def _parse(path: Path) -> tuple[ast.Module, list[str]]:
     return ast.parse(text), text.splitlines(keepends=True)
 
 
-def _constant(node: ast.AST, names: dict[str, str]) -> str:
+def _constant(node: ast.AST, names: "dict[str, str] | _Constants") -> str:
     """A string from a literal, a module constant, an f-string or '+' of those."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
@@ -79,25 +79,52 @@ def _constant(node: ast.AST, names: dict[str, str]) -> str:
     raise NotStatic(ast.dump(node)[:80])
 
 
+class _Constants:
+    """A module's top-level string constants; names it imports are looked up when used."""
+
+    def __init__(self, module: str, depth: int = 0):
+        if depth > 5:
+            raise NotStatic(f"{module}: constant imported through too many modules")
+        tree, _ = _parse(module_file(module))
+        self.values: dict[str, str] = {}
+        self.imports: dict[str, tuple[str, str]] = {}
+        self.depth = depth
+        for statement in tree.body:
+            if isinstance(statement, ast.ImportFrom) and statement.module != "__future__":
+                for alias in statement.names:
+                    self.imports[alias.asname or alias.name] = (_import_source(module, statement), alias.name)
+            elif isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+                try:
+                    self.values[statement.targets[0].id] = _constant(statement.value, self)
+                except NotStatic:
+                    pass
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values or name in self.imports
+
+    def __getitem__(self, name: str) -> str:
+        if name in self.values:
+            return self.values[name]
+        if name not in self.imports:
+            raise NotStatic(f"{name} is not a string constant")
+        source, original = self.imports[name]
+        return _Constants(source, self.depth + 1)[original]
+
+
 def declared_patches(module: str) -> list[Declared]:
     """The ``Patch(...)`` declarations of a patch module's ``PATCHES`` list, in order."""
     tree, _ = _parse(module_file(module))
-    names: dict[str, str] = {}
+    names = _Constants(module)
     for statement in tree.body:
-        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
-            name = statement.targets[0].id
-            if name == "PATCHES":
-                if not isinstance(statement.value, ast.List):
-                    raise NotStatic(f"{module}.PATCHES")
-                return [_declared(call, names) for call in statement.value.elts]
-            try:
-                names[name] = _constant(statement.value, names)
-            except NotStatic:
-                pass
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name) \
+                and statement.targets[0].id == "PATCHES":
+            if not isinstance(statement.value, ast.List):
+                raise NotStatic(f"{module}.PATCHES")
+            return [_declared(call, names) for call in statement.value.elts]
     raise NotStatic(f"{module} has no PATCHES list")
 
 
-def _declared(call: ast.expr, names: dict[str, str]) -> Declared:
+def _declared(call: ast.expr, names: "_Constants") -> Declared:
     if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Patch" and not call.args):
         raise NotStatic("not a Patch(...) call with keywords")
     values = {kw.arg: _constant(kw.value, names) for kw in call.keywords if kw.arg in DECLARED_FIELDS}
