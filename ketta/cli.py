@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ketta import LETTA_VERSION, __version__
 from ketta.settings import get_settings
+
+if TYPE_CHECKING:
+    from ketta.patching import Patch
 
 app = typer.Typer(
     help="Ketta: a drop-in Letta server where every LLM provider is a database row.",
@@ -170,11 +173,48 @@ def patches_list(ctx: typer.Context) -> None:
     from ketta import letta_modifications
 
     settings = get_settings()
+    covered = letta_modifications.upstream_tests()
     for row in letta_modifications.status_from_source(settings):  # no Letta import: answers in about a second
         state = "on " if row.enabled else "off"
         match = "ok" if row.problem is None else f"DRIFT: {row.problem}"
         typer.echo(f"{state} {row.patch.target:<75} {row.patch.setting:<18} {match}")
         typer.echo(f"      {row.patch.why}")
+        typer.echo(f"      Letta's tests: {_upstream_summary(row.patch, covered.get(row.patch.target))}")
+
+
+def _upstream_summary(patch: "Patch", tests: list[str] | None) -> str:
+    """How many of Letta's own tests reach a patch, per file (``ketta patches tests`` lists them)."""
+    if patch.mode == "enum_member":
+        return "an enum member: no code of its own to trace"
+    if tests is None:
+        return "not recorded (tests/upstream/run.py --record)"
+    if not tests:
+        return "none reach it"
+    per_file: dict[str, int] = {}
+    for nodeid in tests:
+        name = nodeid.split("::", 1)[0].removeprefix("tests/")
+        per_file[name] = per_file.get(name, 0) + 1
+    return f"{len(tests)} (" + ", ".join(f"{name} {count}" for name, count in sorted(per_file.items())) + ")"
+
+
+@patches_app.command("tests")
+def patches_tests(target: Optional[str] = typer.Argument(None, help="module:Class.attr (default: every patch)")) -> None:
+    """List Letta's own tests that reach a patch's code, and the command that reruns them under Ketta."""
+    from ketta import letta_modifications
+
+    covered = letta_modifications.upstream_tests()
+    rows = letta_modifications.status_from_source(get_settings())  # no Letta import
+    patches = [row.patch for row in rows if target in (None, row.patch.target)]
+    if not patches:
+        _fail(f"{target} is not a declared patch target; see 'ketta patches'")
+    for patch in patches:
+        tests = covered.get(patch.target)
+        typer.echo(f"{patch.target}: {_upstream_summary(patch, tests)}")
+        for nodeid in tests or ():
+            typer.echo(f"  {nodeid}")
+        if tests:
+            nodeids = " ".join(n.removeprefix("tests/") for n in tests)
+            typer.echo(f"  rerun: python tests/upstream/run.py --files {nodeids}")
 
 
 @patches_app.command("verify")

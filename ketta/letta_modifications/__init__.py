@@ -11,6 +11,7 @@ from it, and most of Letta builds its schemas on import. A module may define
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -132,3 +133,21 @@ def revert_all() -> None:
     """Undo every applied patch, last first (tests; stock behaviour)."""
     for _, patch in reversed(list(iter_patches())):
         patching.revert(patch)
+
+
+UPSTREAM_TESTS_FILE = "upstream_tests.json"
+
+
+def upstream_tests() -> dict[str, list[str]]:
+    """target -> Letta's own tests (sdist ``tests/`` node ids) that call that patch's code.
+
+    Recorded by ``tests/upstream/run.py --record``; a reviewer of a cherry-picked Letta fix to a
+    patched target reruns these. Empty if never recorded.
+    """
+    from importlib import resources
+
+    try:
+        text = resources.files(__name__).joinpath(UPSTREAM_TESTS_FILE).read_text()
+    except FileNotFoundError:
+        return {}
+    return dict(json.loads(text).get("patches", {}))
