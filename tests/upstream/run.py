@@ -239,6 +239,12 @@ def _file_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0].removeprefix("tests/")
 
 
+def in_suite(nodeid: str, entries: list[str]) -> bool:
+    """Whether a test is selected by the suite's entries (files, classes or node ids under tests/)."""
+    short = nodeid.removeprefix("tests/")
+    return any(short == e or short.startswith(e + "::") for e in entries)
+
+
 def failed(result: RunResult) -> set[str]:
     return {n for n, o in result.outcomes.items() if o["outcome"] == STATUS_FAIL}
 
@@ -338,7 +344,7 @@ def record(stock: RunResult, patched: RunResult, expected: Expected) -> None:
         "# TODO. Reviewed lines are kept by --record; a test whose outcome changed moves to its new section.",
         "",
         "[suite]",
-        "# Files of the sdist's tests/ that CI runs (README, \"Letta's own tests\", says why these).",
+        "# Files (or classes, node ids) of the sdist's tests/ that CI runs (README, \"Letta's own tests\", says why).",
         "files = [",
         *[f"    {_toml_str(f)}," for f in expected.files],
         "]",

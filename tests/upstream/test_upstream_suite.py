@@ -125,7 +125,7 @@ def test_every_declared_difference_names_a_patch_and_every_regression_an_issue()
     declared = [*expected.differs, *expected.regressions, *expected.stock_failures, *expected.ketta_fixes, *expected.unstable]
     assert len(declared) == len(set(declared)), "a test is declared in two sections"
     for nodeid in declared:
-        assert run._file_of(nodeid) in expected.files, f"{nodeid} is not in a file of the suite"
+        assert run.in_suite(nodeid, expected.files), f"{nodeid} is not in the suite's files"
 
 
 def test_ketta_patches_shows_the_upstream_tests_of_each_patch() -> None:
