@@ -67,8 +67,8 @@ def test_a_broken_patch_fails_the_run_naming_the_upstream_test(pg_uri: str, tmp_
 
 def test_a_dropped_patch_fails_the_run_naming_the_declared_test_that_now_passes(pg_uri: str, tmp_path: Path) -> None:
     """Without the patch behind a declared difference, the Letta test passes again: the list is no longer true."""
-    target = "letta.services.provider_manager:ProviderManager.sync_base_providers"
-    nodeid = "tests/test_server_providers.py::test_sync_base_providers_creates_new_providers"
+    target = "letta.services.provider_manager:ProviderManager.update_provider_async"
+    nodeid = "tests/managers/test_provider_manager.py::test_provider_update_encrypts_new_api_key"
     assert run.Expected.load().differs[nodeid].startswith(target)
     root = scratch_ketta(tmp_path, "ketta.letta_modifications.services.provider_manager",
                          f"PATCHES = [p for p in PATCHES if p.target != {target!r}]\n")
