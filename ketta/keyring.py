@@ -571,6 +571,10 @@ def rotate(uri: str, keyring: Keyring, new_key: str, *, skip_undecryptable: bool
                         "FROM unnest(CAST(:ids AS text[]), CAST(:vals AS text[])) AS v(id, value) WHERE t.id::text = v.id"
                     ), {"ids": [p[0] for p in batch], "vals": [p[1] for p in batch]})
             write_check(conn, new_key)
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise KeyringError(f"The rotation failed, nothing was changed: {reason}") from exc
+    else:
         finished = time.monotonic()
         rotated = sum(len(p) for p in updates.values())
         return RotationResult(rotated, plaintext, skipped, len(changed), columns, finished - started, finished - locked_at)
