@@ -89,6 +89,14 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         if fallbacks:
             client._ketta_answer = None
             provider_fallback.answered_by.set(None)
+        if fallbacks and len(args) >= 2 and provider_health.cooling_until(organization, provider):
+            try:  # the primary asked for a pause: its fallbacks first, the primary only if none answers
+                return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], None, kwargs)
+            except provider_fallback.NoAnswer:
+                pass
+            except Exception as exc:
+                if not provider_fallback.retriable(exc):
+                    raise
         started = time.perf_counter()
         try:
             result = await method(*args, **kwargs)

@@ -12,7 +12,9 @@ Other 4xx answers (a bad request, a refused key) are the caller's to see. The fa
 is built by the fallback's own client from the same inputs (``build_request_data`` is recorded
 on the agent's client), so its provider's key, endpoint and rules (Kimi's) apply; the response
 is then converted by that client too. Only handles of the same endpoint type (the same wire
-format, e.g. openai and kimi models) are tried. The step records the answering handle
+format, e.g. openai and kimi models) are tried, and none that is cooling down after a 429
+(:func:`ketta.provider_health.cooling_until`, shared by every worker); a primary that is cooling
+down is tried after its fallbacks, not before. The step records the answering handle
 (``model_handle``, ``model``, ``model_endpoint`` of ``GET /v1/steps/{id}``).
 """
 
@@ -129,9 +131,14 @@ def _rebuilt(client: Any, fallback_client: Any, fallback_config: Any, request_da
     return data
 
 
-async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_config: Any, error: BaseException,
+class NoAnswer(Exception):
+    """No fallback answered a request the primary was skipped for (it is cooling down)."""
+
+
+async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_config: Any, error: BaseException | None,
                          extra: dict[str, Any]) -> Any:
-    """The same request on the agent's fallback handles in order; ``error`` again if none answers."""
+    """The same request on the agent's fallback handles in order, skipping those cooling down;
+    ``error`` again if none answers (:class:`NoAnswer` when there was none)."""
     from letta.llm_api.llm_client import LLMClient
 
     actor = client.actor
@@ -143,12 +150,16 @@ async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_
         except Exception as exc:
             log.warning("Fallback %s skipped: %s", handle, provider_health.scrub(str(exc)))
             continue
+        if provider_health.cooling_until(getattr(actor, "organization_id", None), config.provider_name):
+            log.info("Fallback %s skipped: cooling down", handle)
+            continue
         if config.model_endpoint_type != llm_config.model_endpoint_type:
             log.warning("Fallback %s skipped: %s API, the agent's is %s", handle, config.model_endpoint_type, llm_config.model_endpoint_type)
             continue
         fallback_client = LLMClient.create(provider_type=config.model_endpoint_type, put_inner_thoughts_first=True, actor=actor)
         data = _rebuilt(client, fallback_client, config, request_data)
-        log.warning("%s failed (%s): trying fallback %s", llm_config.handle, provider_health.status_class(error), handle)
+        why = provider_health.status_class(error) if error is not None else "cooling down"
+        log.warning("%s failed (%s): trying fallback %s", llm_config.handle, why, handle)
         try:
             result = await getattr(fallback_client, method_name)(data, config, **extra)
         except Exception as exc:
@@ -158,6 +169,8 @@ async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_
         client._ketta_answer = (fallback_client, config, result)
         answered_by.set(config)
         return result
+    if error is None:
+        raise NoAnswer()
     raise error
 
 

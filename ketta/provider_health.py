@@ -36,6 +36,7 @@ log = logging.getLogger("ketta.provider_health")
 TABLE = "ketta_provider_health"
 MAX_EVENTS = 500  # per provider and worker: enough for p95 over a busy window, small as JSON
 MAX_ERROR_CHARS = 500
+MAX_COOLDOWN = 3600.0  # a Retry-After longer than this is not taken at its word
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 # (epoch seconds, succeeded, latency ms, status class)
@@ -59,6 +60,9 @@ class ProviderStats:
 _stats: dict[tuple[str, str], ProviderStats] = {}
 _lock = threading.Lock()
 _flushers: dict[int, asyncio.Task] = {}  # event loop id -> its flush task
+# (organization id, provider name) -> cool-down end any worker wrote, refreshed at every flush
+_shared_cooldowns: dict[tuple[str, str], float] = {}
+_pending: set[asyncio.Task] = set()  # immediate flushes, referenced until done
 
 
 # --- classification and scrubbing ------------------------------------------------------------
@@ -160,8 +164,27 @@ def record(organization_id: str | None, provider_name: str | None, error: BaseEx
             stats.last_success_at = now
         else:
             stats.last_error, stats.last_error_class, stats.last_error_at = message, cls, now
+        cooling = cls == "429" and get_settings().provider_cooldown > 0
+        if cooling:
+            pause = retry_after_seconds(error) if error is not None else None
+            pause = min(MAX_COOLDOWN, pause if pause is not None else get_settings().provider_cooldown)
+            stats.cooldown_until = max(stats.cooldown_until or 0.0, now + pause)
         stats.dirty = True
+    _ensure_flusher(flush_now=cooling)
+
+
+def cooling_until(organization_id: str | None, provider_name: str | None) -> float | None:
+    """Until when (epoch s) a provider asked to be left alone, seen here or by any worker; None if not."""
+    if not organization_id or not provider_name or get_settings().provider_cooldown <= 0:
+        return None
+    key = (organization_id, provider_name)
+    now = time.time()
+    with _lock:
+        stats = _stats.get(key)
+        own = stats.cooldown_until if stats is not None else None
+    until = max(own or 0.0, _shared_cooldowns.get(key, 0.0))
     _ensure_flusher()
+    return until if until > now else None
 
 
 def snapshot(organization_id: str, provider_name: str) -> ProviderStats | None:
@@ -242,14 +265,37 @@ async def flush() -> int:
     return len(rows)
 
 
+_COOLDOWNS = sa.text(
+    f"SELECT p.organization_id, p.name, max(h.cooldown_until) FROM {TABLE} h JOIN providers p ON p.id = h.provider_id "
+    "WHERE h.cooldown_until > now() GROUP BY p.organization_id, p.name"
+)
+
+
+async def refresh_shared_cooldowns() -> None:
+    """Read every worker's current cool-downs (one small query per flush interval)."""
+    from letta.server.db import db_registry
+
+    try:
+        async with db_registry.async_session() as session:
+            rows = (await session.execute(_COOLDOWNS)).all()
+    except Exception as exc:
+        log.warning("Provider cool-downs not read (%s)", type(exc).__name__)
+        return
+    fresh = {(org, name): until.timestamp() for org, name, until in rows}
+    _shared_cooldowns.clear()
+    _shared_cooldowns.update(fresh)
+
+
 async def _flush_forever() -> None:
     while True:
-        await asyncio.sleep(get_settings().provider_health_flush)
         await flush()
+        await refresh_shared_cooldowns()
+        await asyncio.sleep(get_settings().provider_health_flush)
 
 
-def _ensure_flusher() -> None:
-    """Start this event loop's flush task on first use (each worker process has its own loop)."""
+def _ensure_flusher(flush_now: bool = False) -> None:
+    """Start this event loop's flush task on first use (each worker process has its own loop);
+    ``flush_now``: write at once (a cool-down other workers should honour soon)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -257,6 +303,10 @@ def _ensure_flusher() -> None:
     task = _flushers.get(id(loop))
     if task is None or task.done():
         _flushers[id(loop)] = loop.create_task(_flush_forever(), name="ketta-provider-health-flush")
+    elif flush_now:
+        now_task = loop.create_task(flush(), name="ketta-provider-health-flush-now")
+        _pending.add(now_task)
+        now_task.add_done_callback(_pending.discard)
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class KettaSettings(BaseSettings):
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")
     provider_health_flush: float = Field(default=5.0, gt=0, description="At most this often (s) each worker writes its providers' health to the database.")
+    provider_cooldown: float = Field(default=30.0, ge=0, description="Seconds a provider that answered 429 without Retry-After is skipped (0: never).")
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 

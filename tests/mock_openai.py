@@ -69,6 +69,7 @@ class QueuedError:
     message: str
     type: str = "server_error"
     path_suffix: str = "/chat/completions"
+    retry_after: str | None = None  # sent as the Retry-After header
 
 
 @dataclass
@@ -155,10 +156,11 @@ class MockOpenAI:
             self._requests.clear()
             self._errors.clear()
 
-    def queue_error(self, status: int, message: str, type: str = "server_error", path_suffix: str = "/chat/completions") -> None:
+    def queue_error(self, status: int, message: str, type: str = "server_error", path_suffix: str = "/chat/completions",
+                    retry_after: str | None = None) -> None:
         """Answer the next request to ``path_suffix`` with this error (OpenAI's error body)."""
         with self._lock:
-            self._errors.append(QueuedError(status, message, type, path_suffix))
+            self._errors.append(QueuedError(status, message, type, path_suffix, retry_after))
 
     # -- used by the handler ---------------------------------------------------------------
 
@@ -237,16 +239,18 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return None
 
-    def _send_json(self, status: int, payload: Any) -> None:
+    def _send_json(self, status: int, payload: Any, retry_after: str | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_error(self, status: int, message: str, type: str, code: str | None = None) -> None:
-        self._send_json(status, {"error": {"message": message, "type": type, "param": None, "code": code}})
+    def _send_error(self, status: int, message: str, type: str, code: str | None = None, retry_after: str | None = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": type, "param": None, "code": code}}, retry_after)
 
     def _handle(self, method: str) -> None:
         body = self._read_body() if method == "POST" else None
@@ -257,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             return
         if queued is not None:
-            self._send_error(queued.status, queued.message, queued.type)
+            self._send_error(queued.status, queued.message, queued.type, retry_after=queued.retry_after)
             return
         path = self.path.split("?", 1)[0].rstrip("/")
         if method == "GET" and path == "/v1/models":

@@ -93,9 +93,13 @@ def test_failing_primary_is_answered_by_the_fallback(shared_server: KettaProcess
     assert len(backup.chat_requests()) == messages
     assert {r.api_key for r in backup.chat_requests()} == {BACKUP_KEY}
     assert all(r.body["model"] == "mock-chat-1" for r in backup.chat_requests())
-    expected_class = {429: "429", 503: "5xx", "refused": "connection"}[failure]
-    assert health["errors"] == messages and health["status_classes"] == {expected_class: messages}, health
-    assert health["state"] == "down"
+    if failure == 429:  # it cools down (no Retry-After: KETTA_PROVIDER_COOLDOWN) and is not asked again
+        assert health["errors"] == 1 and health["status_classes"] == {"429": 1}, health
+        assert health["state"] == "cooling_down"
+    else:
+        expected_class = {503: "5xx", "refused": "connection"}[failure]
+        assert health["errors"] == messages and health["status_classes"] == {expected_class: messages}, health
+        assert health["state"] == "down"
     assert backup_health["state"] == "healthy" and backup_health["status_classes"].get("2xx") == messages
 
 
@@ -123,3 +127,56 @@ def test_streaming_falls_back_before_the_first_token(shared_server: KettaProcess
     text = "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message")
     assert text == "from backup"
     assert len(backup.chat_requests()) == 1 and backup.chat_requests()[0].body.get("stream") is True
+
+
+def test_a_429_cools_the_primary_down_for_its_retry_after(shared_server: KettaProcess, shared_db, primary: MockOpenAI, backup: MockOpenAI) -> None:
+    import time
+    from datetime import datetime
+
+    import sqlalchemy as sa
+
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        # Retry-After over 120 s: the OpenAI SDK does not retry at all (up to 120 s it would wait that long)
+        primary.queue_error(429, "rate limited", "rate_limit_exceeded", retry_after="600")
+        first = send(client, made["agent"])
+        assert first.status_code == 200 and assistant(first)[0]["content"] == "from backup"
+        tried = len(primary.chat_requests())
+        health = client.get(f"/v1/providers/{made['ids']['primary']}/health").json()
+        assert health["state"] == "cooling_down", health
+        remaining = datetime.fromisoformat(health["cooling_down_until"]).timestamp() - time.time()
+        assert 500 < remaining <= 600, remaining
+
+        second = send(client, made["agent"])  # the primary is not asked while it cools down
+        assert second.status_code == 200 and assistant(second)[0]["content"] == "from backup"
+        assert len(primary.chat_requests()) == tried
+    with shared_db.connect() as conn:
+        until = conn.execute(sa.text("SELECT max(cooldown_until) FROM ketta_provider_health WHERE provider_id = :id"),
+                             {"id": made["ids"]["primary"]}).scalar_one()
+    assert until is not None and until.timestamp() > time.time() + 500
+
+
+def test_a_cool_down_written_by_another_worker_is_honoured(shared_server: KettaProcess, shared_db, primary: MockOpenAI, backup: MockOpenAI) -> None:
+    import time
+
+    import sqlalchemy as sa
+
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        assert assistant(send(client, made["agent"]))[0]["content"] == "from primary"
+        with shared_db.begin() as conn:
+            conn.execute(sa.text("INSERT INTO ketta_provider_health (provider_id, worker, cooldown_until) "
+                                 "VALUES (:id, 'another-replica:1', now() + interval '5 minutes')"), {"id": made["ids"]["primary"]})
+        assert client.get(f"/v1/providers/{made['ids']['primary']}/health").json()["state"] == "cooling_down"
+        # each worker reads the shared cool-downs every flush interval (5 s): within it the primary still answers
+        deadline = time.monotonic() + 60
+        answers = []
+        while time.monotonic() < deadline:
+            answers.append(assistant(send(client, made["agent"]))[0]["content"])
+            if answers[-1] == "from backup":
+                break
+    assert answers[-1] == "from backup", answers
+    before = len(primary.chat_requests())
+    with shared_server.client() as client:
+        assert assistant(send(client, made["agent"]))[0]["content"] == "from backup"
+    assert len(primary.chat_requests()) == before
