@@ -87,6 +87,7 @@ def server_env(**overrides: str) -> dict[str, str]:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         env[name] = DEAD_PROXY
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["KETTA_ALLOW_PRIVATE_HOSTS"] = "127.0.0.1"  # Ketta's URL guard: the mock LLM is on this machine
     env.update(overrides)
     return env
 

@@ -78,6 +78,12 @@ class KettaSettings(BaseSettings):
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")
     previous_encryption_keys: SecretStr = Field(default=SecretStr(""), description="Comma list of earlier encryption keys, accepted for decryption only (key rotation).")
+    url_guard: bool = Field(default=True, description="Refuse unsafe provider URLs (non-http(s), credentials, private addresses); check every connection.")
+    allow_private_hosts: str = Field(
+        default="",
+        description="Comma list of hostnames, IPs or CIDRs an LLM base_url may use although they are loopback/private/link-local "
+        "(e.g. '127.0.0.1,localhost' for a local Ollama).",
+    )
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")

@@ -25,6 +25,11 @@ from ketta.database import EmbeddedPostgres, free_port, sync_url, with_database
 
 REPO = Path(__file__).resolve().parents[1]
 
+# In-process tests call the local mock LLMs too (through the URL guard): allow loopback, as
+# clean_env does for servers.
+LOOPBACK_ALLOWED = "127.0.0.1,localhost"
+os.environ["KETTA_ALLOW_PRIVATE_HOSTS"] = LOOPBACK_ALLOWED
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """A temp root of this run's own: pytest prunes old numbered temp dirs of *other* runs, and a
@@ -91,6 +96,7 @@ TEST_TOKEN = "ketta-test-token-0123456789"
 def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
     env["LETTA_SERVER_PASSWORD"] = TEST_TOKEN
+    env["KETTA_ALLOW_PRIVATE_HOSTS"] = LOOPBACK_ALLOWED  # the local mock LLMs
     env.update(overrides)
     return env
 

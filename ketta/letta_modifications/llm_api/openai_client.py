@@ -1,14 +1,24 @@
-"""Patches of ``letta/llm_api/openai_client.py``: embedding calls use their provider's stored key.
+"""Patches of ``letta/llm_api/openai_client.py``: embedding calls use their provider's stored key;
+every OpenAI SDK client connects through Ketta's URL guard.
 
 Stock Letta sends embedding requests with OPENAI_API_KEY from the environment only.
 The provider is the first part of the embedding handle ('{provider name}/{model}').
+
+Letta builds ``openai.AsyncOpenAI``/``OpenAI`` clients (OpenAI, Kimi, Azure, DeepSeek, xAI, ...)
+without an ``http_client``; the SDK then makes its own ``AsyncHttpxClientWrapper``. The patch
+gives that default client the guarded transport of :mod:`ketta.url_guard`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import openai._base_client as sdk
+
 from ketta import patching
 from ketta.patching import Patch
 from ketta.provider_keys import lookup_key
+from ketta.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
 
@@ -25,6 +35,22 @@ def _prepare_client_kwargs_embedding(self: OpenAIClient, embedding_config: Embed
     return kwargs
 
 
+class GuardedAsyncHttpxClientWrapper(sdk.AsyncHttpxClientWrapper):
+    """The SDK's default async client, on Ketta's guarded transport."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**with_guarded_transport(kwargs))
+
+
+class GuardedSyncHttpxClientWrapper(sdk.SyncHttpxClientWrapper):
+    """The SDK's default sync client, on Ketta's guarded transport."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**with_guarded_transport(kwargs, asynchronous=False))
+
+
+GUARD_WHY = "OpenAI SDK clients Letta builds connect only to addresses the URL guard allows (private hosts, DNS rebinding, redirects)."
+
 PATCHES = [
     Patch(
         target=TARGET,
@@ -32,5 +58,19 @@ PATCHES = [
         fingerprint="87c765c1c5274715",
         setting="unified_providers",
         why="Embedding requests carry the key of the provider named in the embedding handle.",
+    ),
+    Patch(
+        target="openai._base_client:AsyncHttpxClientWrapper",
+        replacement=GuardedAsyncHttpxClientWrapper,
+        fingerprint="c7c8cff088734ad0",
+        setting="url_guard",
+        why=GUARD_WHY,
+    ),
+    Patch(
+        target="openai._base_client:SyncHttpxClientWrapper",
+        replacement=GuardedSyncHttpxClientWrapper,
+        fingerprint="8e52ed05d20ed1a0",
+        setting="url_guard",
+        why=GUARD_WHY,
     ),
 ]

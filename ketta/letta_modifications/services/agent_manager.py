@@ -1,27 +1,50 @@
-"""Patches of ``letta/services/agent_manager.py``: a Kimi agent needs another provider's embedding.
+"""Patches of ``letta/services/agent_manager.py``: what an agent's configs may say.
 
-Moonshot has no embeddings API. Stock Letta creates an agent without an embedding model and
-fails later (archival memory, file sources) with an unrelated error; for a Kimi agent the
-request is refused up front with a 400 that says what to pass.
+- Every endpoint of an agent's configs (``llm_config.model_endpoint``,
+  ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix).
+- A Kimi agent needs another provider's embedding. Moonshot has no embeddings API: stock Letta
+  creates the agent and fails later (archival memory, file sources) with an unrelated error;
+  here the request is refused up front with a 400 that says what to pass.
+
+Create and update are the two doors every REST route, template and agent-file import goes
+through. Each check follows its own setting, read per call.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from letta.errors import LettaInvalidArgumentError
-from letta.schemas.agent import AgentState, CreateAgent
+from letta.schemas.agent import AgentState, CreateAgent, UpdateAgent
 from letta.schemas.user import User
 from letta.services.agent_manager import AgentManager
 
 from ketta import patching
-from ketta.provider_keys import provider_type_async
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.patching import Patch
+from ketta.provider_keys import provider_type_async
+from ketta.settings import get_settings
+from ketta.url_guard import check_url_async
 
-TARGET = "letta.services.agent_manager:AgentManager.create_agent_async"
+CREATE_TARGET = "letta.services.agent_manager:AgentManager.create_agent_async"
+UPDATE_TARGET = "letta.services.agent_manager:AgentManager.update_agent_async"
+
+# Endpoint types whose endpoint is not a URL the server calls.
+NON_URL_ENDPOINT_TYPES = ("bedrock",)
 
 
-async def create_agent_async(self: AgentManager, agent_create: CreateAgent, actor: User, *args, **kwargs) -> AgentState:
-    """Refuse a Kimi agent without an embedding model, then create it as Letta does."""
+async def check_config_endpoints(llm_config: Any, embedding_config: Any) -> None:
+    """422 unless every endpoint the configs name passes the URL guard."""
+    if not get_settings().url_guard:
+        return
+    if llm_config is not None and llm_config.model_endpoint is not None and llm_config.model_endpoint_type not in NON_URL_ENDPOINT_TYPES:
+        await check_url_async(llm_config.model_endpoint, "llm_config.model_endpoint")
+    if embedding_config is not None and embedding_config.embedding_endpoint is not None \
+            and embedding_config.embedding_endpoint_type not in NON_URL_ENDPOINT_TYPES:
+        await check_url_async(embedding_config.embedding_endpoint, "embedding_config.embedding_endpoint")
+
+
+async def refuse_kimi_without_embedding(agent_create: CreateAgent, actor: User) -> None:
     llm_config = agent_create.llm_config
     if llm_config is not None and agent_create.embedding_config is None and llm_config.provider_name:
         if await provider_type_async(llm_config.provider_name, actor.organization_id) == KIMI_PROVIDER_TYPE:
@@ -31,15 +54,36 @@ async def create_agent_async(self: AgentManager, agent_create: CreateAgent, acto
                 "(see GET /v1/models/embedding).",
                 argument_name="embedding",
             )
-    return await patching.original(TARGET)(self, agent_create, actor, *args, **kwargs)
+
+
+async def create_agent_async(self: AgentManager, agent_create: CreateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
+    """Check the agent's configs, then create it as Letta does."""
+    await check_config_endpoints(agent_create.llm_config, agent_create.embedding_config)
+    if get_settings().kimi_provider:
+        await refuse_kimi_without_embedding(agent_create, actor)
+    return await patching.original(CREATE_TARGET)(self, agent_create, actor, *args, **kwargs)
+
+
+async def update_agent_async(self: AgentManager, agent_id: str, agent_update: UpdateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
+    """Check the configs an update sets, then update as Letta does."""
+    await check_config_endpoints(agent_update.llm_config, agent_update.embedding_config)
+    return await patching.original(UPDATE_TARGET)(self, agent_id, agent_update, actor, *args, **kwargs)
 
 
 PATCHES = [
     Patch(
-        target=TARGET,
+        target=CREATE_TARGET,
         replacement=create_agent_async,
         fingerprint="309ad433df3abbc4",
-        setting="kimi_provider",
-        why="Moonshot has no embeddings: creating a Kimi agent without another provider's embedding answers a clear 400.",
+        setting="unified_providers",
+        why="Agent configs are checked before anything is stored: endpoints pass the URL guard (422); "
+        "a Kimi agent without another provider's embedding answers a clear 400.",
+    ),
+    Patch(
+        target=UPDATE_TARGET,
+        replacement=update_agent_async,
+        fingerprint="d03a557f83d96aec",
+        setting="unified_providers",
+        why="Agent updates are checked like creation: endpoints pass the URL guard (422).",
     ),
 ]

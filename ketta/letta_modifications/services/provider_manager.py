@@ -35,6 +35,7 @@ from ketta.providers import (
     env_fallback_key,
 )
 from ketta.settings import get_settings
+from ketta.url_guard import check_url_async
 from letta.orm.errors import NoResultFound
 from letta.orm.provider import Provider as ProviderRow
 from letta.orm.provider_model import ProviderModel as ProviderModelRow
@@ -176,6 +177,19 @@ async def sync_provider_models_async(
         await session.commit()
 
 
+# Types whose base_url is not a URL the server calls (Bedrock's is the literal "bedrock").
+NON_URL_TYPES = ("bedrock",)
+
+
+async def check_base_url(provider_type: object, base_url: str | None) -> None:
+    """422 unless a given base_url is one the URL guard lets Ketta call with a key."""
+    if not base_url or not get_settings().url_guard:
+        return
+    if getattr(provider_type, "value", provider_type) in NON_URL_TYPES:
+        return
+    await check_url_async(base_url, "base_url")
+
+
 async def create_provider_async(self: ProviderManager, request: ProviderCreate, actor: User, is_byok: bool = True) -> Provider:
     """Create an org-scoped provider after checking its input and listing its models.
 
@@ -184,6 +198,7 @@ async def create_provider_async(self: ProviderManager, request: ProviderCreate, 
     name = clean_provider_name(request.name)
     check_creatable_type(request.provider_type)
     check_provider_fields(request.model_dump(include={"api_key", "access_key", "base_url", "region", "api_version"}))
+    await check_base_url(request.provider_type, request.base_url)
     async with db_registry.async_session() as session:
         taken = await session.execute(
             select(ProviderRow.id).where(ProviderRow.name == name, ProviderRow.organization_id == actor.organization_id)
@@ -241,6 +256,7 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
         if row is None:
             raise NoResultFound(f"Provider not found with id='{provider_id}'")
         current = row.to_pydantic()
+    await check_base_url(current.provider_type, sent.get("base_url"))
 
     changed = current.model_copy()
     if "api_key" in sent:
@@ -281,6 +297,7 @@ async def check_provider_api_key(self: ProviderManager, provider_check: Provider
     upstream's words), 502 (unreachable or 5xx), 504 (no answer in time); never a 500."""
     check_creatable_type(provider_check.provider_type)
     check_provider_fields(provider_check.model_dump())
+    await check_base_url(provider_check.provider_type, provider_check.base_url)
     if not provider_check.api_key:
         raise HTTPException(status_code=400, detail="'api_key' is required to check a provider.")
     provider = Provider(

@@ -22,6 +22,8 @@ from letta.schemas.enums import ProviderCategory, ProviderType
 from letta.schemas.llm_config import LLMConfig
 from letta.schemas.providers.base import Provider
 
+from ketta.url_guard import guarded_async_client
+
 log = logging.getLogger("ketta.kimi")
 
 MOONSHOT_CHINA_BASE_URL = "https://api.moonshot.cn/v1"
@@ -127,12 +129,12 @@ class KimiProvider(Provider):
         url = self.base_url.rstrip("/") + path
         headers = {"Authorization": f"Bearer {await self._api_key() or ''}"}
         try:
-            async with httpx.AsyncClient(timeout=LISTING_TIMEOUT_S) as client:
+            async with guarded_async_client(timeout=LISTING_TIMEOUT_S) as client:
                 response = await client.get(url, headers=headers)
         except httpx.TimeoutException:
             raise MoonshotUnreachable(f"Moonshot at {self.base_url} did not answer within {LISTING_TIMEOUT_S:g} s", timed_out=True) from None
         except httpx.HTTPError as exc:
-            raise MoonshotUnreachable(f"Moonshot at {self.base_url} is unreachable ({type(exc).__name__})") from None
+            raise MoonshotUnreachable(f"Moonshot at {self.base_url} is unreachable ({type(exc).__name__}: {exc})") from None
         if response.status_code in (401, 403):
             raise LLMAuthenticationError(
                 message=f"Moonshot refused the API key ({response.status_code}): {moonshot_error_message(response)}",
