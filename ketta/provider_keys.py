@@ -88,26 +88,36 @@ def _with_fallback(key: str | None, provider_name: str) -> str | None:
     return key or None
 
 
-async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
-    """The provider's stored key (env fallback if none stored); ProviderMissing if it was deleted.
-    Decryption (100k PBKDF2 rounds the first time for a key) runs off the event loop."""
+async def lookup_async(provider_name: str, organization_id: str, handle: str | None = None) -> tuple[str | None, ProviderRow]:
+    """(the provider's stored key (env fallback if none stored), its row); ProviderMissing if it
+    was deleted. Decryption (100k PBKDF2 rounds the first time for a key) runs off the event loop."""
     from letta.schemas.secret import Secret
 
     row = await provider_row_async(provider_name, organization_id)
     if not row.found:
         raise ProviderMissing(provider_name, handle)
     key = await Secret.from_encrypted(row.encrypted_key).get_plaintext_async() if row.encrypted_key else None
-    return _with_fallback(key, provider_name)
+    return _with_fallback(key, provider_name), row
 
 
-def lookup_key(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
-    """Synchronous twin of :func:`lookup_key_async`, for Letta's synchronous client code."""
+def lookup(provider_name: str, organization_id: str, handle: str | None = None) -> tuple[str | None, ProviderRow]:
+    """Synchronous twin of :func:`lookup_async`, for Letta's synchronous client code."""
     from letta.schemas.secret import Secret
 
     row = _remembered(provider_name, organization_id) or _read_row_sync(provider_name, organization_id)
     if not row.found:
         raise ProviderMissing(provider_name, handle)
-    return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name)
+    return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name), row
+
+
+async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
+    """The provider's stored key (env fallback if none stored); ProviderMissing if it was deleted."""
+    return (await lookup_async(provider_name, organization_id, handle))[0]
+
+
+def lookup_key(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:
+    """Synchronous twin of :func:`lookup_key_async`."""
+    return lookup(provider_name, organization_id, handle)[0]
 
 
 async def base_url_async(provider_name: str, organization_id: str) -> str | None:

@@ -3,7 +3,9 @@
 Stock Letta reads the stored key only when the agent's ``llm_config.provider_category`` is
 "byok" and uses env vars otherwise. Ketta looks the provider up by name for every call, so
 a key changed with PATCH /v1/providers/{id} is used by the next message, and an agent whose
-provider was deleted gets a 4xx naming it.
+provider was deleted gets a 4xx naming it. The key goes only to its provider: the config's
+``model_endpoint`` is replaced by the provider's own when it is not (:mod:`ketta.key_binding`);
+Letta's clients read the endpoint after asking for the key.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Optional, Tuple
 
 from ketta import llm_calls, patching
 from ketta.patching import Patch
-from ketta.provider_keys import lookup_key, lookup_key_async
+from ketta.key_binding import endpoint_for_call
+from ketta.provider_keys import ProviderRow, lookup, lookup_async
 from letta.llm_api.llm_client_base import LLMClientBase
 from letta.schemas.llm_config import LLMConfig
 
@@ -23,13 +26,22 @@ Overrides = Tuple[Optional[str], Optional[str], Optional[str]]
 def get_byok_overrides(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
     if not llm_config.provider_name or self.actor is None:
         return patching.original(f"{TARGET}.get_byok_overrides")(self, llm_config)
-    return lookup_key(llm_config.provider_name, self.actor.organization_id, llm_config.handle), None, None
+    key, row = lookup(llm_config.provider_name, self.actor.organization_id, llm_config.handle)
+    _bind_endpoint(llm_config, row)
+    return key, None, None
 
 
 async def get_byok_overrides_async(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
     if not llm_config.provider_name or self.actor is None:
         return await patching.original(f"{TARGET}.get_byok_overrides_async")(self, llm_config)
-    return await lookup_key_async(llm_config.provider_name, self.actor.organization_id, llm_config.handle), None, None
+    key, row = await lookup_async(llm_config.provider_name, self.actor.organization_id, llm_config.handle)
+    _bind_endpoint(llm_config, row)
+    return key, None, None
+
+
+def _bind_endpoint(llm_config: LLMConfig, row: ProviderRow) -> None:
+    """The call goes to the provider's endpoint, whatever the (stored) config says."""
+    llm_config.model_endpoint = endpoint_for_call(llm_config.model_endpoint, llm_config.provider_name, row.provider_type, row.base_url)
 
 
 def __init__(self: LLMClientBase, *args, **kwargs) -> None:
@@ -44,14 +56,16 @@ PATCHES = [
         replacement=get_byok_overrides,
         fingerprint="b7cc71d22e99c426",
         setting="unified_providers",
-        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored.",
+        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored, "
+        "and goes only to that provider's endpoint.",
     ),
     Patch(
         target=f"{TARGET}.get_byok_overrides_async",
         replacement=get_byok_overrides_async,
         fingerprint="bbf41787c2dc9065",
         setting="unified_providers",
-        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored.",
+        why="The key of every LLM call comes from its provider's row, whatever provider_category the agent stored, "
+        "and goes only to that provider's endpoint.",
     ),
     Patch(
         target=f"{TARGET}.__init__",

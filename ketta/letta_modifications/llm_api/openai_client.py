@@ -17,7 +17,8 @@ import openai._base_client as sdk
 
 from ketta import patching
 from ketta.patching import Patch
-from ketta.provider_keys import lookup_key
+from ketta.key_binding import endpoint_for_call
+from ketta.provider_keys import lookup
 from ketta.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
@@ -29,9 +30,11 @@ def _prepare_client_kwargs_embedding(self: OpenAIClient, embedding_config: Embed
     kwargs = patching.original(TARGET)(self, embedding_config)
     handle = embedding_config.handle or ""
     if "/" in handle and self.actor is not None:
-        key = lookup_key(handle.split("/", 1)[0], self.actor.organization_id, handle)
+        provider_name = handle.split("/", 1)[0]
+        key, row = lookup(provider_name, self.actor.organization_id, handle)
         if key:
             kwargs["api_key"] = key
+        kwargs["base_url"] = endpoint_for_call(kwargs.get("base_url"), provider_name, row.provider_type, row.base_url)
     return kwargs
 
 
@@ -57,7 +60,7 @@ PATCHES = [
         replacement=_prepare_client_kwargs_embedding,
         fingerprint="87c765c1c5274715",
         setting="unified_providers",
-        why="Embedding requests carry the key of the provider named in the embedding handle.",
+        why="Embedding requests carry the key of the provider named in the embedding handle, and go only to its endpoint.",
     ),
     Patch(
         target="openai._base_client:AsyncHttpxClientWrapper",

@@ -1,5 +1,7 @@
 """Patches of ``letta/services/agent_manager.py``: what an agent's configs may say.
 
+- A config that names a stored provider must use that provider's endpoint (400 naming the
+  field, :mod:`ketta.key_binding`): a provider's key goes only to its own base_url.
 - Every endpoint of an agent's configs (``llm_config.model_endpoint``,
   ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix).
 - A Kimi agent needs another provider's embedding. Moonshot has no embeddings API: stock Letta
@@ -20,6 +22,7 @@ from letta.schemas.user import User
 from letta.services.agent_manager import AgentManager
 
 from ketta import patching
+from ketta.key_binding import check_agent_configs
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.patching import Patch
 from ketta.provider_keys import provider_type_async
@@ -59,6 +62,7 @@ async def refuse_kimi_without_embedding(agent_create: CreateAgent, actor: User) 
 async def create_agent_async(self: AgentManager, agent_create: CreateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
     """Check the agent's configs, then create it as Letta does."""
     await check_config_endpoints(agent_create.llm_config, agent_create.embedding_config)
+    await check_agent_configs(agent_create.llm_config, agent_create.embedding_config, actor.organization_id)
     if get_settings().kimi_provider:
         await refuse_kimi_without_embedding(agent_create, actor)
     return await patching.original(CREATE_TARGET)(self, agent_create, actor, *args, **kwargs)
@@ -67,6 +71,7 @@ async def create_agent_async(self: AgentManager, agent_create: CreateAgent, acto
 async def update_agent_async(self: AgentManager, agent_id: str, agent_update: UpdateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
     """Check the configs an update sets, then update as Letta does."""
     await check_config_endpoints(agent_update.llm_config, agent_update.embedding_config)
+    await check_agent_configs(agent_update.llm_config, agent_update.embedding_config, actor.organization_id)
     return await patching.original(UPDATE_TARGET)(self, agent_id, agent_update, actor, *args, **kwargs)
 
 
@@ -76,7 +81,8 @@ PATCHES = [
         replacement=create_agent_async,
         fingerprint="309ad433df3abbc4",
         setting="unified_providers",
-        why="Agent configs are checked before anything is stored: endpoints pass the URL guard (422); "
+        why="Agent configs are checked before anything is stored: endpoints pass the URL guard (422) and are "
+        "their named provider's (400); "
         "a Kimi agent without another provider's embedding answers a clear 400.",
     ),
     Patch(
@@ -84,6 +90,6 @@ PATCHES = [
         replacement=update_agent_async,
         fingerprint="d03a557f83d96aec",
         setting="unified_providers",
-        why="Agent updates are checked like creation: endpoints pass the URL guard (422).",
+        why="Agent updates are checked like creation: endpoints pass the URL guard (422) and are their named provider's (400).",
     ),
 ]
