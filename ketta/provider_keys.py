@@ -131,6 +131,21 @@ def base_url(provider_name: str, organization_id: str) -> str | None:
     return row.base_url
 
 
+def current_model_endpoint(provider_name: str, organization_id: str) -> str | None:
+    """The endpoint an agent on this provider calls, from the base_url stored now (as Letta derives
+    it when the agent is created: Ollama-style types add their OpenAI-compatible path)."""
+    row = _remembered(provider_name, organization_id)
+    if row is None or not row.found or not row.base_url or not row.provider_type:
+        return None
+    try:
+        from letta.schemas.providers import Provider
+
+        typed = Provider(name=provider_name, provider_type=row.provider_type, provider_category="byok", base_url=row.base_url).cast_to_subtype()
+        return getattr(typed, "openai_compat_base_url", None) or typed.base_url
+    except Exception:  # noqa: BLE001 - an unknown type keeps the endpoint the agent stored
+        return None
+
+
 def remembered_rows_of_type(provider_type: str) -> list[ProviderRow]:
     """The rows of that type this request already read (e.g. the agent's anthropic provider)."""
     rows = _request_rows.get() or {}

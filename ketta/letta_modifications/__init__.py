@@ -40,6 +40,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.agents.letta_agent_v2",
     "ketta.letta_modifications.services.step_manager",
     "ketta.letta_modifications.helpers.crypto_utils",
+    "ketta.letta_modifications.schemas.providers.anthropic",
 )
 
 

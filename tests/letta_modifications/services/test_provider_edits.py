@@ -91,6 +91,17 @@ def test_patch_with_only_base_url_keeps_the_key_and_relists_from_the_new_endpoin
         assert f"{name}/mock-chat-1" not in models(shared_db, provider["id"])
 
 
+def test_an_existing_agent_calls_the_patched_base_url(api, llm):
+    name = unique("moving agent")
+    provider = create(api, name, llm.base_url).json()
+    agent_id = agent_for(api, name)
+    with MockOpenAI(api_key="sk-good") as new_home:
+        assert api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url}).status_code == 200
+        llm.clear()
+        assert send(api, agent_id).status_code == 200
+        assert [r.api_key for r in new_home.chat_requests()] and llm.chat_requests() == []
+
+
 def test_patch_with_a_refused_key_answers_400_and_keeps_the_old_key(api, shared_db, llm):
     name = unique("refused patch")
     provider = create(api, name, llm.base_url).json()
