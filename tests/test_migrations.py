@@ -20,7 +20,7 @@ from ketta import migrations
 from ketta.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0005_encryption_check"
+HEAD = "0006_hard_delete_flagged"
 KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE)
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
@@ -252,6 +252,8 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     migrations.upgrade(database_uri)
 
     migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0005_encryption_check"  # 0006 (hard delete of flagged rows) has nothing to undo
+    migrations.downgrade(database_uri, "-1")
     assert migrations.current(database_uri) == "0004_provider_health"
     assert not table_exists(engine, migrations.ENCRYPTION_CHECK_TABLE)
     migrations.downgrade(database_uri, "-1")
@@ -431,3 +433,43 @@ def test_upgrade_at_head_is_a_no_op(database_uri: str) -> None:
     migrations.upgrade(database_uri)
     assert migrations.current(database_uri) == migrations.HEAD_REVISION == HEAD
     assert migrations.snapshot_database(database_uri) == before
+
+
+FLAGGED_ROWS = """
+INSERT INTO organizations (id, name, privileged_tools) VALUES ('org-a', 'a', false);
+INSERT INTO agents (id, name, organization_id, message_buffer_autoclear) VALUES ('agent-a', 'a', 'org-a', false);
+INSERT INTO conversations (id, agent_id, organization_id, is_deleted) VALUES
+  ('conv-gone', 'agent-a', 'org-a', true), ('conv-kept', 'agent-a', 'org-a', false);
+INSERT INTO messages (id, role, tool_calls, organization_id, agent_id, conversation_id, is_deleted) VALUES
+  ('msg-gone', 'user', '[]', 'org-a', 'agent-a', 'conv-gone', true),
+  ('msg-kept', 'user', '[]', 'org-a', 'agent-a', 'conv-kept', false),
+  ('msg-kept-2', 'user', '[]', 'org-a', 'agent-a', 'conv-kept', false),
+  ('msg-flagged-elsewhere', 'user', '[]', 'org-a', 'agent-a', NULL, true);
+INSERT INTO conversation_messages (id, conversation_id, agent_id, message_id, position, in_context, organization_id, is_deleted) VALUES
+  ('cm-gone', 'conv-gone', 'agent-a', 'msg-gone', 0, true, 'org-a', true),
+  ('cm-flagged', 'conv-kept', 'agent-a', 'msg-kept-2', 0, true, 'org-a', true),
+  ('cm-kept', 'conv-kept', 'agent-a', 'msg-kept', 1, true, 'org-a', false);
+INSERT INTO providers (id, name, provider_type, provider_category, organization_id, is_deleted) VALUES
+  ('provider-p', 'p', 'openai', 'byok', 'org-a', false);
+INSERT INTO provider_models (id, handle, display_name, name, provider_id, organization_id, model_type, model_endpoint_type, is_deleted) VALUES
+  ('m-gone', 'p/old', 'old', 'old', 'provider-p', 'org-a', 'llm', 'openai', true),
+  ('m-kept', 'p/new', 'new', 'new', 'provider-p', 'org-a', 'llm', 'openai', false);
+"""
+
+
+def test_data_migration_removes_rows_stock_only_flagged_deleted(database_uri: str, engine_for) -> None:
+    engine = engine_for(database_uri)
+    make_letta_database(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(FLAGGED_ROWS)
+
+    migrations.upgrade(database_uri)
+
+    with engine.connect() as conn:
+        def ids(table: str) -> list[str]:
+            return [r[0] for r in conn.execute(sa.text(f"SELECT id FROM {table} ORDER BY id"))]
+
+        assert ids("conversations") == ["conv-kept"]
+        assert ids("conversation_messages") == ["cm-kept"]
+        assert ids("messages") == ["msg-flagged-elsewhere", "msg-kept", "msg-kept-2"]  # only a deleted conversation's flagged messages go
+        assert ids("provider_models") == ["m-kept"]

@@ -41,6 +41,8 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.step_manager",
     "ketta.letta_modifications.helpers.crypto_utils",
     "ketta.letta_modifications.schemas.providers.anthropic",
+    "ketta.letta_modifications.services.conversation_manager",
+    "ketta.letta_modifications.services.files_agents_manager",
 )
 
 
