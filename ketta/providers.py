@@ -116,7 +116,7 @@ def _upstream_message(response) -> str:
 MAX_KEY_LENGTH = 8192  # the longest real keys (JWT-style service tokens) are ~2 KB
 MAX_TEXT_LENGTH = 2048  # base_url, region, api_version
 
-# Types Letta knows but a user cannot create over REST: `letta` is Letta Cloud's own hosted
+# Types Letta knows but a user cannot create over REST (besides those without a provider class): `letta` is Letta Cloud's own hosted
 # models (a base provider of Letta's, no user key), `chatgpt_oauth` needs an OAuth flow this
 # API does not offer (its key field holds a JSON token bundle Letta writes itself).
 REFUSED_PROVIDER_TYPES: dict[str, str] = {
@@ -152,14 +152,21 @@ def check_text(value: object, field: str, *, max_length: int = MAX_TEXT_LENGTH, 
 
 
 def check_key(value: object, field: str = "api_key") -> None:
-    """A key is bounded and free of NUL/surrogates (it is encrypted and sent in a header)."""
+    """A key is bounded, free of NUL/surrogates and ASCII: it is encrypted, then sent in an HTTP header."""
     check_text(value, field, max_length=MAX_KEY_LENGTH, controls=False)
+    if isinstance(value, str) and not value.isascii():
+        raise ProviderInputError(f"'{field}' must contain only ASCII characters (it is sent in an HTTP header); check what was pasted.")
 
 
 def check_creatable_type(provider_type: object) -> None:
     """422 for the provider types that cannot be created over REST (see REFUSED_PROVIDER_TYPES)."""
-    value = getattr(provider_type, "value", provider_type)
-    reason = REFUSED_PROVIDER_TYPES.get(str(value))
+    value = str(getattr(provider_type, "value", provider_type))
+    reason = REFUSED_PROVIDER_TYPES.get(value)
+    if reason is None:
+        from ketta.letta_modifications.schemas.providers.base import PROVIDER_CLASSES
+
+        if value not in PROVIDER_CLASSES:  # Letta lists it but has no provider class for it (fireworks, hugging-face)
+            reason = f"'{value}' has no provider implementation in Letta 0.16.8"
     if reason:
         raise ProviderInputError(f"provider_type {reason}; choose another provider_type (e.g. 'openai' for any OpenAI-compatible API).")
 
