@@ -9,6 +9,7 @@ modules are imported, so the database is settled and the patches applied before
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -38,18 +39,26 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     ``attach``: use the embedded PostgreSQL of a ``ketta server`` already running on this
     KETTA_HOME (commands run beside the server) instead of refusing.
     """
-    global prepared
-    from ketta import cors, database, keyring, letta_modifications, logging_setup, migrations, offline, secrets
+    global prepared, _server_token
+    from ketta import auth, cors, database, home, keyring, letta_modifications, logging_setup, migrations, offline, secrets
     from ketta.settings import load_environment
 
     load_environment()
     settings = settings or get_settings()
+    home.contain_letta(settings)  # before anything imports Letta
     logging_setup.configure(settings.log_level)
     cors.settle_origins()
     if settings.offline:
         offline.stay_offline()
+    if auth.login_required(settings):
+        _server_token = auth.load_server_token(settings)
+    else:
+        _server_token = None
+        log.warning("Login is OFF (KETTA_INSECURE_NO_LOGIN): anyone who can reach this server can use every stored key")
+    auth.neutralise_letta_secure_mode()
     uri = database.ensure_database(settings.home_dir, attach=attach)
     keys = secrets.ensure_encryption_key(settings)
+    home.secure_files(settings, embedded_postgres=database.is_embedded())
     migrations.upgrade(uri)
     if settings.encryption_keyring:
         keyring.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line
@@ -63,6 +72,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
 
 
 _app: FastAPI | None = None
+_server_token: str | None = None
 
 
 def _stopping_embedded_database(lifespan: Callable) -> Callable:
@@ -83,6 +93,28 @@ def _stopping_embedded_database(lifespan: Callable) -> Callable:
     return lifespan_then_stop
 
 
+def _import_letta_app(server_token: str | None) -> FastAPI:
+    """Letta's app, built at import. Letta keeps a password of its own for ``POST /v1/auth``
+    (``LETTA_SERVER_PASSWORD`` or a random one, read at import): make it the server token, without
+    leaving the token in the environment that tool sandboxes inherit."""
+    before = os.environ.get("LETTA_SERVER_PASSWORD")
+    set_here = server_token is not None and not before
+    if set_here:
+        os.environ["LETTA_SERVER_PASSWORD"] = server_token
+    from ketta import home
+
+    try:
+        with home.letta_cwd(get_settings()):
+            from letta.server.rest_api.app import app
+    finally:
+        if set_here:
+            if before is None:
+                os.environ.pop("LETTA_SERVER_PASSWORD", None)
+            else:
+                os.environ["LETTA_SERVER_PASSWORD"] = before
+    return app
+
+
 def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
     global _app
@@ -91,9 +123,9 @@ def create_app() -> FastAPI:
         from ketta import logging_setup
 
         logging_setup.configure(get_settings().log_level, quiet_stdout=True)
-        from letta.server.rest_api.app import app
+        app = _import_letta_app(_server_token)
 
-        from ketta import cors
+        from ketta import auth, cors, user_tokens
         from ketta.redaction import ProviderSecretsFilter
 
         app.add_middleware(ProviderSecretsFilter)
@@ -101,6 +133,9 @@ def create_app() -> FastAPI:
             from ketta.provider_health_api import router as health_router
 
             app.include_router(health_router)
+        user_tokens.mount(app)
+        if _server_token is not None:
+            auth.install(app, _server_token, user_tokens.resolve)
         app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
         cors.outermost(app)  # last: preflights pass before any login middleware added above
         _app = app

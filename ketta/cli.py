@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 
@@ -23,11 +25,13 @@ app = typer.Typer(
 db_app = typer.Typer(help="Ketta's database migrations (own version table: ketta_alembic_version).", no_args_is_help=True)
 patches_app = typer.Typer(help="The declared patches over Letta.", invoke_without_command=True)
 providers_app = typer.Typer(help="Providers stored in the database.", no_args_is_help=True)
+token_app = typer.Typer(help="Print the server token (no subcommand); manage per-user tokens.", invoke_without_command=True)
 keys_app = typer.Typer(help="Encryption keys of the stored secrets: check, rotate, export, import.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(patches_app, name="patches")
 app.add_typer(providers_app, name="providers")
 app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
 
 
 def _fail(message: str) -> None:
@@ -67,18 +71,28 @@ def server(
     host: str = typer.Option("localhost", help="Interface to bind."),
     port: int = typer.Option(8283, help="Port to listen on (Letta's default)."),
     workers: int = typer.Option(1, help="Worker processes (the database is prepared once, before they start)."),
+    insecure_no_login: bool = typer.Option(
+        False, "--insecure-no-login", help="Serve every request without a token (KETTA_INSECURE_NO_LOGIN). Trusted networks only."
+    ),
 ) -> None:
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
     import uvicorn
 
     from ketta import app as app_module
-    from ketta import cors, database, migrations, startup
+    from ketta import auth, cors, database, migrations, startup
     from ketta.keyring import KeyringError
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM after its graceful shutdown (the embedded PostgreSQL is stopped by
     # then, in the app's lifespan): make that a normal exit with status 143, not a kill.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if insecure_no_login:
+        os.environ["KETTA_INSECURE_NO_LOGIN"] = "true"  # workers re-read the settings from the env
+        get_settings.cache_clear()
+    if get_settings().insecure_no_login and not auth.is_loopback(host):
+        logging.getLogger("ketta.auth").warning(
+            "Login is OFF and the server listens on %s, not only on this machine: anyone who reaches it "
+            "can use every stored key. Keep login on, or put a proxy that adds the token in front.", host)
     try:
         startup.check_port(host, port)  # before the slow part
         if workers > 1:
@@ -96,7 +110,7 @@ def server(
             revision=migrations.current(prepared.uri), login=startup.login_enabled(get_settings()),
             patches_applied=prepared.patches_applied, cors_origins=origins, encryption_key=prepared.encryption_key,
         )
-    except (database.DatabaseError, migrations.MigrationError, KeyringError, PatchDriftError, startup.PortInUse) as exc:
+    except (database.DatabaseError, migrations.MigrationError, KeyringError, PatchDriftError, startup.PortInUse, auth.AuthConfigError) as exc:
         database.stop_embedded()
         _fail(str(exc))
     try:
@@ -402,6 +416,86 @@ def keys_import(
     for path in written:
         typer.echo(f"wrote {path} (mode 0600)")
     typer.echo("`ketta keys check` shows what they decrypt")
+
+
+@token_app.callback()
+def token_show(ctx: typer.Context) -> None:
+    """Print the server token (LETTA_SERVER_PASSWORD, else KETTA_HOME/server_token, made if missing)."""
+    if ctx.invoked_subcommand:
+        return
+    from ketta import auth
+
+    settings = get_settings()
+    try:
+        token = auth.load_server_token(settings)
+    except auth.AuthConfigError as exc:
+        _fail(str(exc))
+        return
+    source = "LETTA_SERVER_PASSWORD" if os.environ.get("LETTA_SERVER_PASSWORD") else str(settings.home_dir / auth.TOKEN_FILE)
+    typer.echo(f"server token (from {source}); send it as 'Authorization: Bearer <token>'", err=True)
+    typer.echo(token)
+
+
+def _token_line(row: "object") -> str:
+    state = "revoked" if row.revoked else "active "
+    used = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
+    return f"{row.id}  {state}  user={row.user_id}  org={row.organization_id}  name={row.name or '-'}  last_used={used}"
+
+
+def _with_token_db(action: "Callable[[object], object]") -> object:
+    import sqlalchemy as sa
+
+    from ketta import database, migrations, user_tokens
+
+    try:
+        uri = _database_uri(attach=True)
+        migrations.upgrade(uri)
+        engine = sa.create_engine(database.sync_url(uri), poolclass=sa.NullPool)
+        try:
+            with engine.begin() as conn:
+                return action(conn)
+        finally:
+            engine.dispose()
+    except user_tokens.TokenError as exc:
+        _fail(str(exc))
+    except migrations.MigrationError as exc:
+        _fail(str(exc))
+    finally:
+        database.stop_embedded()
+
+
+@token_app.command("create")
+def token_create(
+    user: str = typer.Option(..., "--user", help="The user id the token acts as (GET /v1/admin/users/ lists them)."),
+    name: Optional[str] = typer.Option(None, "--name", help="A label, e.g. the device or app using it."),
+) -> None:
+    """Make a token that acts as USER only; it is printed once (only its hash is stored)."""
+    from ketta import user_tokens
+
+    created = _with_token_db(lambda conn: user_tokens.create_sync(conn, user, name))
+    typer.echo(f"{_token_line(created)}\nshown once; send it as 'Authorization: Bearer <token>':", err=True)
+    typer.echo(created.token)
+
+
+@token_app.command("list")
+def token_list(user: Optional[str] = typer.Option(None, "--user", help="Only this user's tokens.")) -> None:
+    """Every user token (ids, users, state; never the tokens)."""
+    from ketta import user_tokens
+
+    rows = _with_token_db(lambda conn: user_tokens.list_sync(conn, user))
+    if not rows:
+        typer.echo("no user tokens")
+    for row in rows:
+        typer.echo(_token_line(row))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str = typer.Argument(..., help="The token's id (ktok-...), from `ketta token list`.")) -> None:
+    """Revoke a user token: its next request answers 401."""
+    from ketta import user_tokens
+
+    row = _with_token_db(lambda conn: user_tokens.revoke_sync(conn, token_id))
+    typer.echo(_token_line(row))
 
 
 def main() -> None:

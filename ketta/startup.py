@@ -59,7 +59,7 @@ def block(info: StartInfo) -> str:
         database = f"embedded PostgreSQL, data in {info.embedded_home / 'pgdata'}"
     else:
         database = f"PostgreSQL {describe(info.database_uri)}"
-    login = {True: "on (Authorization: Bearer <LETTA_SERVER_PASSWORD>)", False: "OFF: anyone who reaches this port can use it", None: "unknown"}[info.login]
+    login = {True: "on (Authorization: Bearer <token>; `ketta token` prints it)", False: "OFF: anyone who reaches this port can use it", None: "unknown"}[info.login]
     lines = [
         f"Ketta {__version__} (Letta {LETTA_VERSION}) on {info.url}",
         f"  database: {database}, schema {info.revision or 'none'}",

@@ -123,7 +123,7 @@ class KettaProcess:
 
     def client(self, **kwargs: object) -> httpx.Client:
         """An HTTP client for this server that sends the token."""
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=120, **kwargs)
+        return httpx.Client(**{"base_url": self.url, "headers": self.headers, "timeout": 120, **kwargs})
 
     def wait_healthy(self, timeout_s: float = 120) -> float:
         start = time.monotonic()

@@ -46,7 +46,7 @@ def marker() -> str:
 
 
 def create_provider(server: KettaProcess, name: str, llm: MockOpenAI) -> dict[str, Any]:
-    response = httpx.post(f"{server.url}/v1/providers/", timeout=60, json={
+    response = httpx.post(f"{server.url}/v1/providers/", headers=server.headers, timeout=60, json={
         "name": name, "provider_type": "openai", "api_key": PROVIDER_KEY, "base_url": llm.base_url})
     assert response.status_code == 200, response.text
     return response.json()
@@ -58,10 +58,10 @@ def model_handles(server: KettaProcess, provider_name: str, base_url: str) -> tu
     Stock Letta reports the provider *type* as an embedding model's ``provider_name``, so an
     embedding model is recognised by its provider's name or, failing that, its endpoint.
     """
-    chat = httpx.get(f"{server.url}/v1/models/", params={"provider_name": provider_name}, timeout=60)
+    chat = httpx.get(f"{server.url}/v1/models/", headers=server.headers, params={"provider_name": provider_name}, timeout=60)
     assert chat.status_code == 200, chat.text
     chat_handles = [m["handle"] for m in chat.json() if m["name"] == CHAT_MODEL and m["provider_name"] == provider_name]
-    embedding = httpx.get(f"{server.url}/v1/models/embedding", timeout=60)
+    embedding = httpx.get(f"{server.url}/v1/models/embedding", headers=server.headers, timeout=60)
     assert embedding.status_code == 200, embedding.text
     embedding_handles = sorted({m["handle"] for m in embedding.json() if m["name"] == EMBEDDING_MODEL
                                 and (m["provider_name"] == provider_name or m.get("embedding_endpoint") == base_url)})
@@ -83,7 +83,7 @@ def test_sdk_agent_answers_through_the_provider_and_survives_a_restart(
     create_provider(server, provider_name, llm)
     chat_handle, embedding_handle = model_handles(server, provider_name, llm.base_url)
 
-    client = Letta(base_url=server.url, timeout=120)
+    client = Letta(base_url=server.url, api_key=server.token, timeout=120)
     agent = client.agents.create(name="e2e-agent", agent_type="letta_v1_agent", model=chat_handle,
                                  embedding=embedding_handle, memory_blocks=[{"label": "human", "value": "A tester."}])
     assert agent.llm_config.handle == chat_handle
@@ -113,7 +113,7 @@ def test_sdk_agent_answers_through_the_provider_and_survives_a_restart(
     assert server.stop() in STOPPED_BY_SIGTERM, server.log_tail()
     assert postgres_processes(pgdata) == [], "SIGTERM stops the embedded PostgreSQL"
     restarted = start_ketta()
-    client = Letta(base_url=restarted.url, timeout=120)
+    client = Letta(base_url=restarted.url, api_key=restarted.token, timeout=120)
     assert agent.id in [a.id for a in client.agents.list()]
     kept = client.agents.retrieve(agent_id=agent.id)
     assert (kept.llm_config.handle, kept.embedding_config.handle) == (chat_handle, embedding_handle)

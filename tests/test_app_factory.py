@@ -10,10 +10,13 @@ import time
 import httpx
 import sqlalchemy as sa
 
-from conftest import clean_env, free_port
+from conftest import TEST_TOKEN, clean_env, free_port
 from ketta import migrations
 from ketta.database import sync_url
 from mock_openai import MockOpenAI
+
+
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
 def started_workers(log_text: str) -> set[str]:
@@ -52,10 +55,10 @@ def test_uvicorn_factory_with_two_workers_shares_one_database(database_uri: str,
         # Whatever worker answers, a provider written through one is seen by all (one database).
         with MockOpenAI() as llm:
             body = {"name": "shared", "provider_type": "openai", "api_key": "sk-x", "base_url": llm.base_url}
-            created = httpx.post(f"{url}/v1/providers/", json=body, timeout=60)
+            created = httpx.post(f"{url}/v1/providers/", headers=AUTH, json=body, timeout=60)
         assert created.status_code == 200, created.text
         for _ in range(6):
-            assert [p["name"] for p in httpx.get(f"{url}/v1/providers/", timeout=30).json()] == ["shared"]
+            assert [p["name"] for p in httpx.get(f"{url}/v1/providers/", headers=AUTH, timeout=30).json()] == ["shared"]
         engine = sa.create_engine(sync_url(database_uri), poolclass=sa.NullPool)
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM ketta_alembic_version")).scalar() == 1

@@ -25,7 +25,7 @@ def llm() -> Iterator[MockOpenAI]:
 
 @pytest.fixture(scope="module")
 def klui(shared_server) -> Iterator[httpx.Client]:
-    headers = {"Authorization": "Bearer klui-session-token"}
+    headers = {"Authorization": f"Bearer {shared_server.token}"}  # Klui built with the token (see README)
     with httpx.Client(base_url=shared_server.url, headers=headers, timeout=120) as client:
         yield client
 

@@ -20,8 +20,9 @@ from ketta import migrations
 from ketta.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0006_hard_delete_flagged"
-KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE)
+HEAD = "0007_user_tokens"
+KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE,
+                "ketta_user_tokens")
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
 
@@ -137,7 +138,7 @@ def test_adopts_letta_made_database_without_schema_change(database_uri: str, eng
     migrations.upgrade(database_uri)
 
     after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health",
-                                                                       migrations.ENCRYPTION_CHECK_TABLE))
+                                                                       migrations.ENCRYPTION_CHECK_TABLE, "ketta_user_tokens"))
     assert_no_schema_difference(after, before)
     assert migrations.current(database_uri) == HEAD
     with engine.connect() as conn:
@@ -251,6 +252,9 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     make_letta_database(engine)  # adopted: Letta's alembic_version goes too
     migrations.upgrade(database_uri)
 
+    migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0006_hard_delete_flagged"
+    assert not table_exists(engine, "ketta_user_tokens")
     migrations.downgrade(database_uri, "-1")
     assert migrations.current(database_uri) == "0005_encryption_check"  # 0006 (hard delete of flagged rows) has nothing to undo
     migrations.downgrade(database_uri, "-1")

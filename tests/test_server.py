@@ -50,10 +50,10 @@ def test_embedded_postgres_serves_refuses_a_second_server_and_stops_on_sigterm(
     home = tmp_path / "home"  # start_ketta's KETTA_HOME; LETTA_PG_URI is scrubbed from the env
     server = start_ketta()
 
-    health = httpx.get(f"{server.url}/v1/health/")
+    health = httpx.get(f"{server.url}/v1/health/", headers=server.headers)
     assert health.status_code == 200
     assert health.json()["version"] == "0.16.8"
-    assert httpx.get(f"{server.url}/v1/agents/").json() == []
+    assert httpx.get(f"{server.url}/v1/agents/", headers=server.headers).json() == []
     pgdata = home / "pgdata"
     assert (pgdata / "PG_VERSION").is_file(), "the embedded PostgreSQL keeps its data under KETTA_HOME"
     assert postgres_processes(pgdata), "an embedded PostgreSQL runs on KETTA_HOME/pgdata"
@@ -64,7 +64,7 @@ def test_embedded_postgres_serves_refuses_a_second_server_and_stops_on_sigterm(
     refusal = second.log_text()
     assert str(home) in refusal and "in use" in refusal, refusal[-2000:]
     assert "Traceback" not in refusal, "a clear message, not a stack trace"
-    assert httpx.get(f"{server.url}/v1/health/").status_code == 200, "the first server is unharmed"
+    assert httpx.get(f"{server.url}/v1/health/", headers=server.headers).status_code == 200, "the first server is unharmed"
 
     assert server.stop() in STOPPED_BY_SIGTERM, server.log_tail()
     assert postgres_processes(pgdata) == [], "SIGTERM stops the embedded PostgreSQL"
@@ -84,4 +84,4 @@ def test_unreachable_database_uri_exits_non_zero_with_a_clear_message(
     assert "Traceback" not in output, "a clear message, not a stack trace"
     assert not (tmp_path / "home" / "pgdata").exists(), "no embedded PostgreSQL when LETTA_PG_URI is set"
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{server.url}/v1/health/")
+        httpx.get(f"{server.url}/v1/health/", headers=server.headers)

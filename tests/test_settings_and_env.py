@@ -34,7 +34,7 @@ def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(start_ketta,
         home = tmp_path / "home"
         env = {"LETTA_PG_URI": database_uri, "KETTA_HOME": str(home), "OPENAI_API_KEY": SECRET, "OPENAI_API_BASE": llm.base_url}
         server = start_ketta(env=env)
-        api = httpx.Client(base_url=server.url, timeout=120)
+        api = server.client()
 
         # No base providers: nothing synced from OPENAI_API_KEY, no call to its API.
         assert rows(database_uri, "SELECT name FROM providers") == []
@@ -81,7 +81,7 @@ def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
             "OPENAI_API_BASE": llm.base_url,
         }
         server = start_ketta(env=env)
-        api = httpx.Client(base_url=server.url, timeout=120)
+        api = server.client()
         # Stock: env providers are synced as global base rows, hidden from GET /v1/providers/.
         base = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
         assert base == [{"organization_id": None, "provider_category": "base"}]

@@ -21,6 +21,7 @@ from ketta.settings import KettaSettings
 
 PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.enums",
+    "ketta.letta_modifications.config",
     "ketta.letta_modifications.schemas.providers.openai",
     "ketta.letta_modifications.schemas.model",
     "ketta.letta_modifications.services.provider_manager",

@@ -32,7 +32,7 @@ def providers(shared_server: KettaProcess, moon: MockMoonshot) -> Iterator[tuple
         kimi, emb = f"kimi-{uuid.uuid4().hex[:6]}", f"emb-{uuid.uuid4().hex[:6]}"
         for body in ({"name": kimi, "provider_type": "kimi", "api_key": KEY, "base_url": moon.base_url},
                      {"name": emb, "provider_type": "openai", "api_key": "sk-embeddings", "base_url": embedder.base_url}):
-            response = httpx.post(f"{shared_server.url}/v1/providers/", json=body, timeout=60)
+            response = httpx.post(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, json=body, timeout=60)
             assert response.status_code == 200, response.text
         yield kimi, f"{emb}/text-embedding-3-small"
 
@@ -48,7 +48,7 @@ def _clean(moon: MockMoonshot) -> Iterator[None]:
 
 def make_agent(server: KettaProcess, providers: tuple[str, str], agent_type: str, model: str = THINKING_MODEL, **extra: Any) -> str:
     kimi, embedding = providers
-    response = httpx.post(f"{server.url}/v1/agents/", timeout=60, json={
+    response = httpx.post(f"{server.url}/v1/agents/", headers=server.headers, timeout=60, json={
         "name": f"a-{uuid.uuid4().hex[:6]}", "agent_type": agent_type, "model": f"{kimi}/{model}", "embedding": embedding,
         "memory_blocks": [{"label": "human", "value": "Name: Ada"}, {"label": "persona", "value": "A helpful agent."}], **extra})
     assert response.status_code == 200, response.text
@@ -58,7 +58,7 @@ def make_agent(server: KettaProcess, providers: tuple[str, str], agent_type: str
 def send(server: KettaProcess, agent_id: str, text: str, stream: bool) -> list[dict[str, Any]]:
     body = {"messages": [{"role": "user", "content": text}]}
     if not stream:
-        response = httpx.post(f"{server.url}/v1/agents/{agent_id}/messages", json=body, timeout=120)
+        response = httpx.post(f"{server.url}/v1/agents/{agent_id}/messages", headers=server.headers, json=body, timeout=120)
         assert response.status_code == 200, response.text
         return response.json()["messages"]
     events: list[dict[str, Any]] = []
@@ -139,7 +139,7 @@ def test_moonshot_errors_reach_the_caller(
 ) -> None:
     agent_id = make_agent(shared_server, providers, "letta_v1_agent", model="kimi-k2-0905-preview")
     moon.fail_next = [(status, kind, text)] * 5  # Letta may retry
-    response = httpx.post(f"{shared_server.url}/v1/agents/{agent_id}/messages", timeout=120,
+    response = httpx.post(f"{shared_server.url}/v1/agents/{agent_id}/messages", headers=shared_server.headers, timeout=120,
                           json={"messages": [{"role": "user", "content": "hello"}]})
     moon.fail_next = []
     assert response.status_code == expected_status, response.text

@@ -20,7 +20,7 @@ DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
 @pytest.fixture(scope="module")
 def api(shared_server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared_server.url, timeout=120) as client:
+    with shared_server.client() as client:
         yield client
 
 

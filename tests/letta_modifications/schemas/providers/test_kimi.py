@@ -46,12 +46,12 @@ def closed_port_url() -> str:
 
 
 def create(server: KettaProcess, name: str, base_url: str, key: str = GOOD_KEY) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/providers/", timeout=60,
+    return httpx.post(f"{server.url}/v1/providers/", headers=server.headers, timeout=60,
                       json={"name": name, "provider_type": "kimi", "api_key": key, "base_url": base_url})
 
 
 def models_of(server: KettaProcess, name: str) -> dict[str, dict[str, Any]]:
-    response = httpx.get(f"{server.url}/v1/models/", params={"provider_name": name}, timeout=60)
+    response = httpx.get(f"{server.url}/v1/models/", headers=server.headers, params={"provider_name": name}, timeout=60)
     assert response.status_code == 200, response.text
     return {m["handle"]: m for m in response.json()}
 
@@ -74,7 +74,7 @@ def test_kimi_provider_lists_moonshot_models_with_context_windows(shared_server:
 
 
 def test_provider_named_kimi_gives_kimi_slash_model_handles(shared_server: KettaProcess, moon: MockMoonshot) -> None:
-    existing = httpx.get(f"{shared_server.url}/v1/providers/", params={"name": "kimi"}, timeout=30).json()
+    existing = httpx.get(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, params={"name": "kimi"}, timeout=30).json()
     if not existing:
         assert create(shared_server, "kimi", moon.base_url).status_code == 200
     assert "kimi/kimi-k2-0905-preview" in models_of(shared_server, "kimi")
@@ -83,11 +83,11 @@ def test_provider_named_kimi_gives_kimi_slash_model_handles(shared_server: Ketta
 def test_filter_providers_by_type_kimi(shared_server: KettaProcess, moon: MockMoonshot) -> None:
     name = unique("kimi-filter")
     assert create(shared_server, name, moon.base_url).status_code == 200
-    response = httpx.get(f"{shared_server.url}/v1/providers/", params={"provider_type": "kimi"}, timeout=30)
+    response = httpx.get(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, params={"provider_type": "kimi"}, timeout=30)
     assert response.status_code == 200, response.text
     assert name in {p["name"] for p in response.json()}
     assert {p["provider_type"] for p in response.json()} == {"kimi"}
-    by_name = httpx.get(f"{shared_server.url}/v1/providers/", params={"name": name}, timeout=30).json()
+    by_name = httpx.get(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, params={"name": name}, timeout=30).json()
     assert [p["name"] for p in by_name] == [name]
 
 
@@ -125,12 +125,12 @@ def test_rejected_key_is_an_auth_error_and_nothing_is_stored(shared_server: Kett
     assert 400 <= response.status_code < 500, response.text
     assert expected_text in response.text
     assert BAD_KEY not in response.text
-    assert httpx.get(f"{shared_server.url}/v1/providers/", params={"name": name}, timeout=30).json() == []
+    assert httpx.get(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, params={"name": name}, timeout=30).json() == []
     assert models_of(shared_server, name) == {}
 
 
 def check(server: KettaProcess, base_url: str, key: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/providers/check", timeout=60,
+    return httpx.post(f"{server.url}/v1/providers/check", headers=server.headers, timeout=60,
                       json={"provider_type": "kimi", "api_key": key, "base_url": base_url})
 
 
@@ -155,10 +155,10 @@ def test_check_endpoint(shared_server: KettaProcess, moon: MockMoonshot) -> None
 def test_check_existing_provider(shared_server: KettaProcess, moon: MockMoonshot) -> None:
     name = unique("kimi-check")
     provider = create(shared_server, name, moon.base_url).json()
-    ok = httpx.post(f"{shared_server.url}/v1/providers/{provider['id']}/check", timeout=60)
+    ok = httpx.post(f"{shared_server.url}/v1/providers/{provider['id']}/check", headers=shared_server.headers, timeout=60)
     assert ok.status_code == 200, ok.text
     moon.fail_next = [(401, "invalid_authentication_error", "Invalid Authentication")]
-    refused = httpx.post(f"{shared_server.url}/v1/providers/{provider['id']}/check", timeout=60)
+    refused = httpx.post(f"{shared_server.url}/v1/providers/{provider['id']}/check", headers=shared_server.headers, timeout=60)
     assert refused.status_code == 401, refused.text
     assert "Invalid Authentication" in refused.text
 
@@ -166,29 +166,29 @@ def test_check_existing_provider(shared_server: KettaProcess, moon: MockMoonshot
 def test_kimi_agent_needs_another_providers_embedding(shared_server: KettaProcess, moon: MockMoonshot) -> None:
     name = unique("kimi-agent")
     assert create(shared_server, name, moon.base_url).status_code == 200
-    assert httpx.get(f"{shared_server.url}/v1/models/embedding", timeout=30).json() is not None
-    embeddings = [m for m in httpx.get(f"{shared_server.url}/v1/models/embedding", timeout=30).json() if m.get("provider_name") == name]
+    assert httpx.get(f"{shared_server.url}/v1/models/embedding", headers=shared_server.headers, timeout=30).json() is not None
+    embeddings = [m for m in httpx.get(f"{shared_server.url}/v1/models/embedding", headers=shared_server.headers, timeout=30).json() if m.get("provider_name") == name]
     assert embeddings == []
-    response = httpx.post(f"{shared_server.url}/v1/agents/", timeout=60,
+    response = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60,
                           json={"name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "include_base_tools": False})
     assert response.status_code == 400, response.text
     assert "no embedding models" in response.text and "embedding" in response.text
-    kimi_embedding = httpx.post(f"{shared_server.url}/v1/agents/", timeout=60, json={
+    kimi_embedding = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60, json={
         "name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "embedding": f"{name}/text-embedding-3-small"})
     assert 400 <= kimi_embedding.status_code < 500, kimi_embedding.text
     with MockOpenAI(api_key="sk-emb") as embedder:
         emb_name = unique("emb")
-        made = httpx.post(f"{shared_server.url}/v1/providers/", timeout=60, json={
+        made = httpx.post(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, timeout=60, json={
             "name": emb_name, "provider_type": "openai", "api_key": "sk-emb", "base_url": embedder.base_url})
         assert made.status_code == 200, made.text
-        agent = httpx.post(f"{shared_server.url}/v1/agents/", timeout=60, json={
+        agent = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60, json={
             "name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "embedding": f"{emb_name}/text-embedding-3-small"})
         assert agent.status_code == 200, agent.text
         assert agent.json()["llm_config"]["handle"] == f"{name}/kimi-k2-0905-preview"
 
 
 def test_openapi_lists_kimi(shared_server: KettaProcess) -> None:
-    spec = httpx.get(f"{shared_server.url}/openapi.json", timeout=60).json()
+    spec = httpx.get(f"{shared_server.url}/openapi.json", headers=shared_server.headers, timeout=60).json()
     schemas = spec["components"]["schemas"]
 
     def enum_of(ref_holder: dict) -> list[str]:

@@ -1,0 +1,85 @@
+"""Nothing outside KETTA_HOME, secrets readable by their owner only.
+
+Stock Letta writes ``~/.letta/config`` (0644, holding the database URI with its password),
+``~/.letta/logs/Letta.log`` and ``openapi_letta.json`` in the working directory. Under Ketta:
+
+- Letta's directory is ``KETTA_HOME/letta`` (``LETTA_DIR``, read when ``letta.settings`` is
+  imported, so :func:`contain_letta` runs before any Letta import); its config file is not
+  written at all (``letta_modifications/config.py``): Ketta's database settings live in the
+  environment and ``KETTA_HOME/pg_password``.
+- The OpenAPI file Letta writes while its app module is imported lands in ``KETTA_HOME/letta``
+  (:func:`letta_cwd`).
+- ``XDG_CACHE_HOME`` is ``KETTA_HOME/cache`` unless set: onnxruntime (a dependency of Letta's
+  file parsing) writes a device id under ``~/.cache`` when imported.
+- The process umask is 077, so whatever the server creates (logs, the OpenAPI file) is private;
+  :func:`secure_files` also fixes files an older version left world-readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ketta.settings import KettaSettings
+
+SECRET_FILES = ("encryption_key", "server_token", "pg_password", "postgres.log", "server.lock")
+
+
+def letta_dir(settings: KettaSettings) -> Path:
+    return settings.home_dir / "letta"
+
+
+def contain_letta(settings: KettaSettings) -> None:
+    """Point Letta's directories under KETTA_HOME (unless the operator set them) and make new files private."""
+    if not settings.contain_letta_files:
+        return
+    os.umask(0o077)
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    target = letta_dir(settings)
+    target.mkdir(exist_ok=True)
+    os.environ.setdefault("LETTA_DIR", str(target))
+    os.environ.setdefault("MEMGPT_CONFIG_PATH", str(target / "config"))
+    os.environ.setdefault("TOOL_EXEC_DIR", str(target / "tool_execution_dir"))
+    # Libraries' caches (onnxruntime writes a device id under ~/.cache at import) go under KETTA_HOME too.
+    os.environ.setdefault("XDG_CACHE_HOME", str(home / "cache"))
+
+
+def secure_files(settings: KettaSettings, embedded_postgres: bool) -> None:
+    """KETTA_HOME 0700 and its secret files 0600, after the database has started.
+
+    Run as root, the embedded PostgreSQL runs as a service user of its own that must traverse
+    KETTA_HOME to reach ``pgdata`` (embedded-postgres widens it to 0755 at each start): then
+    KETTA_HOME is 0711, traversable but not listable; the secret files stay 0600.
+    """
+    if not settings.contain_letta_files:
+        return
+    home = settings.home_dir
+    home.chmod(0o711 if embedded_postgres and os.geteuid() == 0 else 0o700)
+    for name in SECRET_FILES:
+        path = home / name
+        if path.exists():
+            path.chmod(0o600)
+    logs = letta_dir(settings) / "logs"
+    if logs.is_dir():
+        for path in logs.iterdir():
+            path.chmod(0o600)
+
+
+@contextlib.contextmanager
+def letta_cwd(settings: KettaSettings) -> Iterator[None]:
+    """Run with KETTA_HOME/letta as working directory: importing Letta's app writes openapi_letta.json there."""
+    if not settings.contain_letta_files:
+        yield
+        return
+    before = os.getcwd()
+    target = letta_dir(settings)
+    target.mkdir(parents=True, exist_ok=True)
+    os.chdir(target)
+    try:
+        yield
+    finally:
+        os.chdir(before)
