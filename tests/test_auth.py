@@ -40,8 +40,10 @@ def routes(spec: dict) -> list[tuple[str, str, str]]:
 @pytest.fixture
 def debug_server(start_ketta: Callable[..., KettaProcess], database_uri: str) -> KettaProcess:
     """A server of its own (the walk calls every route), logging at debug level."""
-    return start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_DEBUG": "true", "LETTA_LOGGING_DEBUG": "true",
-                            "LETTA_LOGGING_LOG_LEVEL": "DEBUG"})
+    server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_DEBUG": "true", "LETTA_LOGGING_DEBUG": "true",
+                              "LETTA_LOGGING_LOG_LEVEL": "DEBUG", "KETTA_LOG_LEVEL": "debug"}, wait=False)
+    server.wait_healthy(300)  # debug logging makes the start slower on a shared machine
+    return server
 
 
 def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> None:
@@ -50,6 +52,7 @@ def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> N
     spec = httpx.get(f"{server.url}/openapi.json", headers=server.headers).json()
     walked = routes(spec)
     assert len(walked) > 100, "the document lists Letta's routes"
+    assert any(t.startswith("/v1/ketta/tokens") for _, t, _ in walked), "Ketta's token routes are documented"
     anonymous = httpx.Client(base_url=server.url, timeout=30)
     wrong = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": "Bearer not-the-token"})
     authorised = server.client(timeout=30)

@@ -62,7 +62,7 @@ def send(server: KettaProcess, agent_id: str, text: str, stream: bool) -> list[d
         assert response.status_code == 200, response.text
         return response.json()["messages"]
     events: list[dict[str, Any]] = []
-    with httpx.stream("POST", f"{server.url}/v1/agents/{agent_id}/messages/stream", json={**body, "stream_tokens": True}, timeout=120) as response:
+    with httpx.stream("POST", f"{server.url}/v1/agents/{agent_id}/messages/stream", headers=server.headers, json={**body, "stream_tokens": True}, timeout=120) as response:
         assert response.status_code == 200, response.read()
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
