@@ -58,7 +58,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     auth.neutralise_letta_secure_mode()
     uri = database.ensure_database(settings.home_dir, attach=attach)
     keys = secrets.ensure_encryption_key(settings)
-    home.secure_files(settings, embedded_postgres=database.is_embedded())
+    home.secure_files(settings)
     migrations.upgrade(uri)
     if settings.encryption_keyring:
         keyring.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line

@@ -86,9 +86,9 @@ def neutralise_letta_secure_mode() -> None:
     os.environ.pop("LETTA_SERVER_SECURE", None)
 
 
-def _restrict_home(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
+def _ensure_home(home: Path) -> None:
+    """A new KETTA_HOME is private; an existing one is narrowed by ketta.home.secure_files at start."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def load_server_token(settings: KettaSettings) -> str:
@@ -97,7 +97,7 @@ def load_server_token(settings: KettaSettings) -> str:
     if from_env:
         return from_env
     home = settings.home_dir
-    _restrict_home(home)
+    _ensure_home(home)
     path = home / TOKEN_FILE
     if not path.exists():
         # Written whole to a private temp file, then linked into place: a worker or a second

@@ -369,11 +369,6 @@ def embedded_home() -> Path | None:
     return _embedded.home if _embedded is not None else None
 
 
-def is_embedded() -> bool:
-    """Whether this process runs the embedded PostgreSQL."""
-    return _embedded is not None
-
-
 def stop_embedded() -> None:
     global _embedded
     if _embedded is not None:

@@ -35,10 +35,9 @@ def contain_letta(settings: KettaSettings) -> None:
     """Point Letta's directories under KETTA_HOME (unless the operator set them) and make new files private."""
     if not settings.contain_letta_files:
         return
-    os.umask(0o077)
+    os.umask(0o077)  # also makes a new KETTA_HOME 0700; an existing one is narrowed by secure_files
     home = settings.home_dir
     home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
     target = letta_dir(settings)
     target.mkdir(exist_ok=True)
     os.environ.setdefault("LETTA_DIR", str(target))
@@ -48,17 +47,23 @@ def contain_letta(settings: KettaSettings) -> None:
     os.environ.setdefault("XDG_CACHE_HOME", str(home / "cache"))
 
 
-def secure_files(settings: KettaSettings, embedded_postgres: bool) -> None:
-    """KETTA_HOME 0700 and its secret files 0600, after the database has started.
+def home_mode(home: Path) -> int:
+    """0700; 0711 when root runs an embedded PostgreSQL there.
 
     Run as root, the embedded PostgreSQL runs as a service user of its own that must traverse
-    KETTA_HOME to reach ``pgdata`` (embedded-postgres widens it to 0755 at each start): then
-    KETTA_HOME is 0711, traversable but not listable; the secret files stay 0600.
+    KETTA_HOME to reach ``pgdata`` (embedded-postgres widens it to 0755 at each start), also
+    when the server stops it: traversable but not listable. Decided by the data directory, not by
+    this process, so a command run beside the server never locks the server out of its data.
     """
+    return 0o711 if os.geteuid() == 0 and (home / "pgdata").exists() else 0o700
+
+
+def secure_files(settings: KettaSettings) -> None:
+    """KETTA_HOME 0700 (see :func:`home_mode`) and its secret files 0600, after the database has started."""
     if not settings.contain_letta_files:
         return
     home = settings.home_dir
-    home.chmod(0o711 if embedded_postgres and os.geteuid() == 0 else 0o700)
+    home.chmod(home_mode(home))
     for name in SECRET_FILES:
         path = home / name
         if path.exists():

@@ -125,7 +125,7 @@ class KettaProcess:
         """An HTTP client for this server that sends the token."""
         return httpx.Client(**{"base_url": self.url, "headers": self.headers, "timeout": 120, **kwargs})
 
-    def wait_healthy(self, timeout_s: float = 120) -> float:
+    def wait_healthy(self, timeout_s: float = 300) -> float:
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if self.proc.poll() is not None:
