@@ -68,6 +68,8 @@ def secure_files(settings: KettaSettings) -> None:
         path = home / name
         if path.exists():
             path.chmod(0o600)
+    for path in home.glob("encryption_key.*"):  # earlier keys a rotation kept
+        path.chmod(0o600)
     logs = letta_dir(settings) / "logs"
     if logs.is_dir():
         for path in logs.iterdir():
