@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -53,17 +54,18 @@ def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> N
     walked = routes(spec)
     assert len(walked) > 100, "the document lists Letta's routes"
     assert any(t.startswith("/v1/ketta/tokens") for _, t, _ in walked), "Ketta's token routes are documented"
-    anonymous = httpx.Client(base_url=server.url, timeout=30)
-    wrong = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": "Bearer not-the-token"})
-    authorised = server.client(timeout=30)
+    anonymous = httpx.Client(base_url=server.url, timeout=120)
+    wrong = httpx.Client(base_url=server.url, timeout=120, headers={"Authorization": "Bearer not-the-token"})
+    authorised = server.client(timeout=60)
     unexpected: list[str] = []
-    for method, template, path in walked:
-        if (method, template) in PUBLIC:
-            continue
+    protected = [(m, t, p) for m, t, p in walked if (m, t) not in PUBLIC]
+    # Refused requests first: they never reach Letta, so no slow authorised call is still busy.
+    for method, template, path in protected:
         for client, label in ((anonymous, "no token"), (wrong, "wrong token")):
             response = client.request(method.upper(), path)
             if response.status_code != 401 or "Authorization: Bearer" not in response.json()["detail"]:
                 unexpected.append(f"{label}: {method.upper()} {path} -> {response.status_code}")
+    for method, template, path in protected:
         try:
             status = authorised.request(method.upper(), path).status_code
         except httpx.ReadTimeout:
@@ -149,8 +151,13 @@ def worker_of(server_pids: set[int], client_port: int) -> int | None:
 def test_two_workers_accept_the_same_generated_token(start_ketta: Callable[..., KettaProcess], database_uri: str,
                                                       tmp_path: Path) -> None:
     home = tmp_path / "home"
-    server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_SERVER_PASSWORD": ""}, args=["--workers", "2"], wait=False)
+    server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_SERVER_PASSWORD": "", "KETTA_LOG_LEVEL": "info"},
+                         args=["--workers", "2"], wait=False)
     server.wait_healthy(300)  # two workers import Letta at once on a shared machine
+    deadline = time.monotonic() + 300
+    while len(set(re.findall(r"\[Worker (\d+)\] Lifespan startup completed", server.log_text()))) < 2:
+        assert time.monotonic() < deadline, "the second worker did not start:\n" + server.log_tail()
+        time.sleep(0.5)  # polling the log, not waiting for a guess
     token_file = home / "server_token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     server.token = token_file.read_text().strip()
