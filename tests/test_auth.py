@@ -50,7 +50,7 @@ def debug_server(start_ketta: Callable[..., KettaProcess], database_uri: str) ->
 def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> None:
     server = debug_server
     assert httpx.get(f"{server.url}/openapi.json").status_code == 401
-    spec = httpx.get(f"{server.url}/openapi.json", headers=server.headers).json()
+    spec = httpx.get(f"{server.url}/openapi.json", headers=server.headers, timeout=120).json()
     walked = routes(spec)
     assert len(walked) > 100, "the document lists Letta's routes"
     assert any(t.startswith("/v1/ketta/tokens") for _, t, _ in walked), "Ketta's token routes are documented"
@@ -58,6 +58,7 @@ def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> N
     wrong = httpx.Client(base_url=server.url, timeout=120, headers={"Authorization": "Bearer not-the-token"})
     authorised = server.client(timeout=60)
     unexpected: list[str] = []
+    no_status: list[str] = []
     protected = [(m, t, p) for m, t, p in walked if (m, t) not in PUBLIC]
     # Refused requests first: they never reach Letta, so no slow authorised call is still busy.
     for method, template, path in protected:
@@ -68,11 +69,13 @@ def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> N
     for method, template, path in protected:
         try:
             status = authorised.request(method.upper(), path).status_code
-        except httpx.ReadTimeout:
-            continue  # a stream that stays open was let in
+        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError):
+            no_status.append(f"{method.upper()} {path}")  # let in (a 401 is always a whole answer): a stream or a crash
+            continue
         if status == 401:
             unexpected.append(f"token: {method.upper()} {path} -> 401")
     assert unexpected == []
+    assert len(no_status) <= 3, no_status  # nearly every authorised request got a status of its own
     # Open: the health check (and its redirect), also under /latest; CORS preflights reach CORS.
     assert anonymous.get("/v1/health/").status_code == 200
     assert anonymous.get("/v1/health", follow_redirects=True).status_code == 200
