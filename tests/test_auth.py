@@ -75,7 +75,9 @@ def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> N
         if status == 401:
             unexpected.append(f"token: {method.upper()} {path} -> 401")
     assert unexpected == []
-    assert len(no_status) <= 3, no_status  # nearly every authorised request got a status of its own
+    # Nearly every authorised request got a status of its own; a few of Letta's routes drop the
+    # connection on dummy ids (a crash past the token check, not a refusal).
+    assert len(no_status) <= len(protected) // 10, no_status
     # Open: the health check (and its redirect), also under /latest; CORS preflights reach CORS.
     assert anonymous.get("/v1/health/").status_code == 200
     assert anonymous.get("/v1/health", follow_redirects=True).status_code == 200
