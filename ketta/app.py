@@ -126,13 +126,15 @@ def create_app() -> FastAPI:
         app = _import_letta_app(_server_token)
 
         from ketta import auth, cors, user_tokens
-        from ketta.redaction import ProviderSecretsFilter
+        from ketta.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
 
         app.add_middleware(ProviderSecretsFilter)
         if get_settings().provider_health:
             from ketta.provider_health_api import router as health_router
 
             app.include_router(health_router)
+        install_response_scrubbing(app)
+        install_log_scrubbing()
         user_tokens.mount(app)
         if _server_token is not None:
             auth.install(app, _server_token, user_tokens.resolve)

@@ -83,8 +83,12 @@ async def provider_row_async(provider_name: str, organization_id: str) -> Provid
 
 
 def _with_fallback(key: str | None, provider_name: str) -> str | None:
+    """The key to use; remembered so it is redacted from errors and logs."""
+    from ketta.redaction import remember_secret
+
     if not key and get_settings().env_key_fallback:
         key = env_fallback_key(provider_name)
+    remember_secret(key)
     return key or None
 
 

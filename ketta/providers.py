@@ -66,6 +66,20 @@ def clean_provider_name(name: str | None) -> str:
     return cleaned
 
 
+def check_secret_text(value: str | None, field: str) -> None:
+    """422 unless a key is printable ASCII without spaces: a control character (CR, LF, NUL...)
+    makes an invalid header whose error message would carry the key. Never echoes the value."""
+    if value is None:
+        return
+    for position, char in enumerate(value):
+        if not ("!" <= char <= "~"):
+            kind = "a control character" if ord(char) < 32 or ord(char) == 127 else "a space" if char.isspace() else "a non-ASCII character"
+            raise ProviderInputError(
+                f"'{field}' contains {kind} at position {position + 1}; keys are printable ASCII without spaces. "
+                "Copy the key again without line breaks or spaces."
+            )
+
+
 def env_key_name(provider_name: str) -> str:
     """The env var consulted when a provider has no stored key: 'My Kimi' -> MY_KIMI_API_KEY."""
     return re.sub(r"[^A-Za-z0-9]", "_", provider_name).upper() + "_API_KEY"
@@ -152,10 +166,17 @@ def check_text(value: object, field: str, *, max_length: int = MAX_TEXT_LENGTH, 
 
 
 def check_key(value: object, field: str = "api_key") -> None:
-    """A key is bounded, free of NUL/surrogates and ASCII: it is encrypted, then sent in an HTTP header."""
+    """A key is bounded, printable ASCII without spaces or control characters (it is encrypted
+    and sent in a header; a CR/LF made an invalid header whose error text carried the key), and
+    is remembered so that it is redacted from errors and logs."""
+    from ketta.redaction import remember_secret
+
     check_text(value, field, max_length=MAX_KEY_LENGTH, controls=False)
-    if isinstance(value, str) and not value.isascii():
-        raise ProviderInputError(f"'{field}' must contain only ASCII characters (it is sent in an HTTP header); check what was pasted.")
+    if isinstance(value, str):
+        if not value.isascii():
+            raise ProviderInputError(f"'{field}' must contain only ASCII characters (it is sent in an HTTP header); check what was pasted.")
+        check_secret_text(value, field)
+        remember_secret(value)
 
 
 def check_creatable_type(provider_type: object) -> None:

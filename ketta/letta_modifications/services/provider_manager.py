@@ -35,6 +35,7 @@ from ketta.providers import (
     env_fallback_key,
 )
 from ketta.settings import get_settings
+from ketta.redaction import remember_secret
 from ketta.url_guard import check_url_async
 from letta.orm.errors import NoResultFound
 from letta.orm.provider import Provider as ProviderRow
@@ -72,13 +73,15 @@ async def _plain_key(provider: Provider, name: str) -> str | None:
     if not provider.api_key_enc:
         return None
     try:
-        return await provider.api_key_enc.get_plaintext_async()
+        key = await provider.api_key_enc.get_plaintext_async()
     except Exception:  # noqa: BLE001 - any decryption failure means the same to the user
         raise HTTPException(
             status_code=400,
             detail=f"Provider '{name}': the stored API key cannot be decrypted (the encryption key changed). "
             "Send a new 'api_key' with PATCH /v1/providers/{id}.",
         ) from None
+    remember_secret(key)  # redacted from errors and logs from now on
+    return key
 
 
 async def typed_for_listing(provider: Provider) -> Provider:
