@@ -84,13 +84,15 @@ REDACTED = "[redacted]"
 MIN_KEY_LENGTH = 8  # shorter values would redact ordinary words
 MAX_REMEMBERED = 4096
 
-# Credential-shaped text, whoever's key it is.
+# Credential-shaped text, whoever's key it is. After "Authorization:" the scheme word (Bearer,
+# Basic) is kept and the credential after it redacted, so "Authorization: Bearer <token>" in
+# Ketta's own hints stays readable.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer)(\s+|\\x20|%20)[A-Za-z0-9._~+/=\\\-]{4,}"), r"\1\2" + REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+|\\x20|%20)[A-Za-z0-9._~+/=\\\-]{4,}"), r"\1\2" + REDACTED),
     (re.compile(r"(?i)\b(password)(\s+)[A-Za-z0-9._~+/=\-]{4,}"), r"\1\2" + REDACTED),  # X-BARE-PASSWORD: password <token>
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), "sk-" + REDACTED),
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"), REDACTED),
-    (re.compile(r"(?i)((?:x-api-key|x-goog-api-key|api[_-]?key|access[_-]?key|authorization)['\"]?\s*[:=]\s*b?['\"]?)([^\s'\",}{)\]]{4,})"),
+    (re.compile(r"(?i)((?:x-api-key|x-goog-api-key|api[_-]?key|access[_-]?key|authorization)['\"]?\s*[:=]\s*(?!(?:bearer|basic)\b)b?['\"]?)([^\s'\",}{)\]]{4,})"),
      r"\1" + REDACTED),
     (re.compile(r"(?i)([?&](?:key|api_key|apikey|access_token|token)=)[^&\s'\"]+"), r"\1" + REDACTED),
 )
