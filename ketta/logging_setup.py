@@ -32,6 +32,8 @@ DEMOTED_RECORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Letta.letta.otel.metrics", re.compile(r"Metrics are not initialized")),
     ("Letta.letta.server.rest_api.app", re.compile(r"\[Worker \d+\] PostgreSQL statement_timeout: ")),
     ("Letta.letta.orm.sqlalchemy_base", re.compile(r"SECURITY: (Reading|Listing) org-scoped model \w+ without actor")),
+    # Letta's tool directory lives under KETTA_HOME/letta (LETTA_DIR): made on the first start.
+    ("Letta.letta.server.server", re.compile(r"LETTA_TOOL_SANDBOX_DIR does not exist, creating now")),
 )
 
 # Lines Letta prints (not logs) at start: its banner and a repr of the default user and org.
