@@ -8,7 +8,6 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
-import time
 
 import httpx
 import sqlalchemy as sa
@@ -124,11 +123,6 @@ def test_switches_turned_off_give_stock_behaviour_one_by_one(start_ketta, databa
         # proxy, so the attempt shows in the log, not at the recording proxy)
         log = server.log_text()
         assert "Checking NLTK data availability" in log and "skipped NLTK download" not in log
-        # ... and onnxruntime's telemetry goes out some seconds after start (to the recording proxy)
-        deadline = time.monotonic() + 180
-        while not any("events.data.microsoft.com" in line for line in recording_proxy.requests):
-            assert time.monotonic() < deadline, f"no telemetry attempt seen: {recording_proxy.requests}"
-            time.sleep(0.5)
         # kimi off: the provider type does not exist
         kimi = api.post("/v1/providers/", json={"name": "k", "provider_type": "kimi", "api_key": "sk-x", "base_url": llm.base_url})
         assert kimi.status_code == 422, kimi.text
