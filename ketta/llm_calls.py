@@ -8,7 +8,8 @@ subclasses that call ``super()`` are not counted twice and every provider type i
 without patching each client class. The wrapper times the call and records the outcome with
 :mod:`ketta.provider_health`; a stream counts from the request to the opened response (its
 headers), a stream that fails later is recorded as a second, failed call. An agent's client
-with fallback handles (:mod:`ketta.provider_fallback`) sends a failed request elsewhere here.
+with fallback handles (:mod:`ketta.provider_fallback`) sends a failed request elsewhere here,
+also when its stream breaks before the first token (:class:`RecordedStream`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import functools
 import inspect
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ketta import provider_fallback, provider_health
 
@@ -46,13 +47,49 @@ def _organization(client: Any) -> str | None:
     return getattr(actor, "organization_id", None)
 
 
-class RecordedStream:
-    """A provider's stream, recording a failure while it is read (the open was recorded already)."""
+Reopen = Callable[[BaseException], Awaitable[Any]]
 
-    def __init__(self, stream: Any, organization_id: str | None, provider: str | None):
+_DELTA_FIELDS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content", "reasoning")
+_PRE_TOKEN_EVENTS = frozenset({"message_start", "ping"})  # Anthropic events before any content
+
+
+def carries_token(item: Any) -> bool:
+    """Whether a streamed item is (or carries) output the client would see. Chat Completions
+    chunks before the first token hold only the role; Anthropic opens with message_start/ping.
+    Anything else counts as a token (nothing is sent elsewhere after it)."""
+    choices = getattr(item, "choices", None)
+    if isinstance(choices, list):
+        for choice in choices:
+            if getattr(choice, "finish_reason", None):
+                return True
+            delta = getattr(choice, "delta", None)
+            if delta is not None and any(getattr(delta, name, None) for name in _DELTA_FIELDS):
+                return True
+            extra = getattr(delta, "model_extra", None) or {}
+            if any(extra.get(name) for name in _DELTA_FIELDS):
+                return True
+        return bool(getattr(item, "usage", None)) and not choices
+    return getattr(item, "type", None) not in _PRE_TOKEN_EVENTS
+
+
+class RecordedStream:
+    """A provider's stream, recording a failure while it is read (the open was recorded already).
+
+    With ``reopen`` (the agent has fallback handles, or the handle is a pool), the chunks before
+    the first token are held back; a retriable failure before the first token then replaces the
+    stream with the one ``reopen`` opens elsewhere, and the held chunks of the failed one are
+    dropped, so the client sees one answer. After the first token a failure is raised as before
+    (the client gets Letta's error event, no text twice)."""
+
+    def __init__(self, stream: Any, organization_id: str | None, provider: str | None, reopen: Reopen | None = None):
         self._stream = stream
         self._where = (organization_id, provider)
         self._started = time.perf_counter()
+        self._reopen = reopen
+        self._token_seen = reopen is None
+        self._held: list[Any] = []
+        self._ready: list[Any] = []
+        self._entered = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -60,6 +97,7 @@ class RecordedStream:
     async def __aenter__(self) -> "RecordedStream":
         if hasattr(self._stream, "__aenter__"):
             await self._stream.__aenter__()
+        self._entered = True
         return self
 
     async def __aexit__(self, *exc_info: Any) -> Any:
@@ -67,18 +105,54 @@ class RecordedStream:
             return await self._stream.__aexit__(*exc_info)
         return None
 
+    async def close(self) -> None:
+        if hasattr(self._stream, "close"):
+            await self._stream.close()
+
     def __aiter__(self) -> "RecordedStream":
         self._iterator = self._stream.__aiter__()
         return self
 
     async def __anext__(self) -> Any:
+        if self._ready:
+            return self._ready.pop(0)
+        while True:
+            try:
+                item = await self._iterator.__anext__()
+            except StopAsyncIteration:
+                if self._held:  # a stream without any token: what it had, as it came
+                    self._ready, self._held = self._held, []
+                    self._token_seen = True
+                    return self._ready.pop(0)
+                raise
+            except Exception as exc:
+                provider_health.record(*self._where, exc, time.perf_counter() - self._started)
+                if self._token_seen or self._reopen is None or not provider_fallback.retriable(exc):
+                    raise
+                await self._switch(exc)
+                continue
+            if self._token_seen:
+                return item
+            if not carries_token(item):
+                self._held.append(item)
+                continue
+            self._token_seen = True
+            self._ready, self._held = [*self._held, item], []
+            return self._ready.pop(0)
+
+    async def _switch(self, error: BaseException) -> None:
+        """Open the same request elsewhere (raises ``error`` if nothing answers) and read on from it."""
+        replacement = await self._reopen(error)
+        failed, self._stream = self._stream, replacement
+        self._held = []
         try:
-            return await self._iterator.__anext__()
-        except StopAsyncIteration:
-            raise
-        except Exception as exc:
-            provider_health.record(*self._where, exc, time.perf_counter() - self._started)
-            raise
+            if hasattr(failed, "close"):
+                await failed.close()
+        except Exception:
+            pass
+        if self._entered and hasattr(replacement, "__aenter__"):
+            await replacement.__aenter__()
+        self._iterator = replacement.__aiter__()
 
 
 def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) -> Callable:
@@ -109,7 +183,11 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
             raise
         provider_health.record(organization, provider, None, time.perf_counter() - started)
         if stream and hasattr(result, "__aiter__"):
-            return RecordedStream(result, organization, provider)
+            reopen = None
+            if fallbacks and len(args) >= 2:
+                async def reopen(error: BaseException) -> Any:
+                    return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], error, kwargs)
+            return RecordedStream(result, organization, provider, reopen)
         return result
 
     return recorded

@@ -7,7 +7,8 @@ every SDK and Klui already round-trips, it lives with the agent (the same provid
 primary for one agent and a last resort for another), and no schema or column changes.
 
 Only a failure that another provider may not share is retried elsewhere: a connection error,
-a timeout, 429 or 5xx, raised before the response opened (so before any token was streamed).
+a timeout, 429 or 5xx, raised before any token was streamed (when the response opens, or by a
+stream that breaks before its first token: :class:`ketta.llm_calls.RecordedStream`).
 Other 4xx answers (a bad request, a refused key) are the caller's to see. The fallback request
 is built by the fallback's own client from the same inputs (``build_request_data`` is recorded
 on the agent's client), so its provider's key, endpoint and rules (Kimi's) apply; the response

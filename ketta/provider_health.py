@@ -119,6 +119,9 @@ def status_class(exc: BaseException | None) -> str:
     code = status_code_of(exc)
     if code is not None and code >= 400:
         return "429" if code == 429 else f"{code // 100}xx"
+    streamed = _streamed_error_class(exc)
+    if streamed is not None:
+        return streamed
     for candidate in chain:
         if isinstance(candidate, (openai.APIConnectionError, httpx.TransportError, ConnectionError, errors.LLMConnectionError)):
             return "connection"
@@ -129,6 +132,22 @@ def status_class(exc: BaseException | None) -> str:
         if isinstance(candidate, (errors.LLMBadRequestError, errors.LLMAuthenticationError, errors.LLMPermissionDeniedError, errors.LLMNotFoundError)):
             return "4xx"
     return "error"
+
+
+def _streamed_error_class(exc: BaseException) -> str | None:
+    """An error event inside an opened stream (``data: {"error": {...}}``) has no HTTP status:
+    its ``type``/``code`` says whether it was a rate limit or the server's trouble."""
+    for candidate in (exc, exc.__cause__):
+        body = getattr(candidate, "body", None)
+        if candidate is None or status_code_of(candidate) is not None or not isinstance(body, dict):
+            continue
+        error = body.get("error", body)
+        kind = f"{error.get('type') or ''} {error.get('code') or ''}".lower() if isinstance(error, dict) else ""
+        if "rate_limit" in kind or "overloaded" in kind or "429" in kind:
+            return "429"
+        if "server_error" in kind or "internal" in kind or "unavailable" in kind or "timeout" in kind:
+            return "5xx"
+    return None
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:

@@ -73,6 +73,18 @@ class QueuedError:
 
 
 @dataclass
+class StreamFailure:
+    """A streamed chat completion that breaks after ``after`` content/tool-call deltas: ``error_event``
+    sends OpenAI's mid-stream error (``data: {"error": {...}}``), ``drop`` closes the connection
+    in the middle of the chunked body (the caller sees an incomplete response)."""
+
+    after: int
+    kind: str = "error_event"
+    message: str = "The server had an error while processing your request."
+    type: str = "server_error"
+
+
+@dataclass
 class MockOpenAI:
     """An OpenAI-compatible server in a background thread; ``start()``/``stop()`` or ``with``."""
 
@@ -87,6 +99,7 @@ class MockOpenAI:
     def __post_init__(self) -> None:
         self._requests: list[RecordedRequest] = []
         self._errors: list[QueuedError] = []
+        self._stream_failures: list[StreamFailure] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +174,18 @@ class MockOpenAI:
         """Answer the next request to ``path_suffix`` with this error (OpenAI's error body)."""
         with self._lock:
             self._errors.append(QueuedError(status, message, type, path_suffix, retry_after))
+
+    def queue_stream_failure(self, after: int, kind: str = "error_event", message: str = StreamFailure.message,
+                             type: str = StreamFailure.type) -> None:
+        """Break the next streamed chat completion after ``after`` deltas (0: before the first token)."""
+        if kind not in ("error_event", "drop"):
+            raise ValueError("kind is 'error_event' or 'drop'")
+        with self._lock:
+            self._stream_failures.append(StreamFailure(after, kind, message, type))
+
+    def _next_stream_failure(self) -> StreamFailure | None:
+        with self._lock:
+            return self._stream_failures.pop(0) if self._stream_failures else None
 
     # -- used by the handler ---------------------------------------------------------------
 
@@ -331,10 +356,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, completion_id: str, model: str, reply: str, tool_call: dict[str, Any] | None,
                 usage: dict[str, int] | None) -> None:
+        failure = self.mock._next_stream_failure()
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
+        if failure is not None:
+            self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.close_connection = True
         created = int(time.time())
@@ -359,6 +387,9 @@ class _Handler(BaseHTTPRequestHandler):
         if usage is not None:
             events.append({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                            "choices": [], "usage": usage})
+        if failure is not None:
+            self._broken_stream(events, failure)
+            return
         try:
             for event in events:
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
@@ -366,6 +397,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _broken_stream(self, events: list[dict[str, Any]], failure: StreamFailure) -> None:
+        """The events up to ``failure.after`` deltas (the opening role chunk comes first), then the
+        failure; the body is chunked so that a dropped connection is an incomplete response."""
+
+        def write_chunk(data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        opening, deltas = events[0], events[1:]
+        try:
+            for event in [opening, *deltas[:failure.after]]:
+                write_chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if failure.kind == "error_event":
+                error = {"error": {"message": failure.message, "type": failure.type, "param": None, "code": None}}
+                write_chunk(f"data: {json.dumps(error)}\n\n".encode())
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            else:
+                import socket
+
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except (BrokenPipeError, ConnectionResetError, OSError):
             pass
 
     def _embeddings(self, body: dict[str, Any]) -> None:

@@ -180,3 +180,47 @@ def test_a_cool_down_written_by_another_worker_is_honoured(shared_server: KettaP
     with shared_server.client() as client:
         assert assistant(send(client, made["agent"]))[0]["content"] == "from backup"
     assert len(primary.chat_requests()) == before
+
+
+def stream_events(client: httpx.Client, agent_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """The data events of a token-streamed message (the status, then every event but [DONE])."""
+    with client.stream("POST", f"/v1/agents/{agent_id}/messages/stream",
+                       json={"messages": [{"role": "user", "content": "hello"}], "stream_tokens": True}) as response:
+        events = [json.loads(line[len("data: "):]) for line in response.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        return response.status_code, events
+
+
+def streamed_text(events: list[dict[str, Any]]) -> str:
+    return "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message")
+
+
+@pytest.mark.parametrize("kind", ["error_event", "drop"])
+def test_a_stream_breaking_before_its_first_token_falls_back(shared_server: KettaProcess, primary: MockOpenAI,
+                                                             backup: MockOpenAI, kind: str) -> None:
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        primary.queue_stream_failure(after=0, kind=kind)  # 200, the role chunk, then the failure
+        status, events = stream_events(client, made["agent"])
+        health = client.get(f"/v1/providers/{made['ids']['primary']}/health").json()
+    assert status == 200
+    types = [e.get("message_type") for e in events]
+    assert "error_message" not in types and "error" not in json.dumps(events).lower(), events
+    assert streamed_text(events) == "from backup"
+    assert len(primary.chat_requests()) == 1 and len(backup.chat_requests()) == 1
+    assert backup.chat_requests()[0].body.get("stream") is True and backup.chat_requests()[0].api_key == BACKUP_KEY
+    assert health["errors"] == 1 and set(health["status_classes"]) == {"2xx", "5xx" if kind == "error_event" else "connection"}, health
+
+
+@pytest.mark.parametrize("kind", ["error_event", "drop"])
+def test_a_stream_breaking_after_its_first_token_ends_with_an_error(shared_server: KettaProcess, primary: MockOpenAI,
+                                                                    backup: MockOpenAI, kind: str) -> None:
+    with shared_server.client() as client:
+        made = setup(client, primary, backup)
+        primary.queue_stream_failure(after=1, kind=kind)  # "from pri" reached the client, then the failure
+        status, events = stream_events(client, made["agent"])
+    assert status == 200
+    assert streamed_text(events) == "from pri", events  # what the primary sent, once; nothing from the backup
+    assert [e.get("message_type") for e in events][-1] == "error_message", events
+    assert any(e.get("stop_reason") == "llm_api_error" for e in events), events
+    assert backup.chat_requests() == []
