@@ -246,13 +246,19 @@ def activate(keyring: Keyring) -> None:
     os.environ[ENV_KEY] = keyring.current.value
 
 
-def decryption_keys() -> list[str]:
-    """The keys Letta's decryption tries, current first (just LETTA_ENCRYPTION_KEY if no keyring
-    was activated, e.g. when the patches are applied without ``ketta.app.prepare``)."""
+def decryption_keys(current: str | None = None) -> list[str]:
+    """The keys Letta's decryption tries: ``current`` first (the key Letta encrypts with at this
+    moment, ``letta.settings.settings.encryption_key``, which code may set at run time), then the
+    activated keyring's keys (or LETTA_ENCRYPTION_KEY if none was activated, e.g. when the patches
+    are applied without ``ketta.app.prepare``), each once."""
+    keys = [current] if current else []
     if _active is not None:
-        return _active.values()
-    key = os.environ.get(ENV_KEY, "")
-    return [key] if key else []
+        others = _active.values()
+    else:
+        env = os.environ.get(ENV_KEY, "")
+        others = [env] if env else []
+    keys += [k for k in others if k not in keys]
+    return keys
 
 
 def which_key(value: str, keys: Sequence[str], first: int = 0) -> tuple[int, str] | None:

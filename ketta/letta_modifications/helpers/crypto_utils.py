@@ -3,8 +3,10 @@
 Stock Letta decrypts with ``LETTA_ENCRYPTION_KEY`` alone, so a server cannot read values written
 under another key: replicas could not be moved to a new key one at a time. With the keyring
 (``ketta.keyring``: current key, ``KETTA_PREVIOUS_ENCRYPTION_KEYS``, ``encryption_key.*.old``),
-the current key is tried first, then the previous ones; encryption is unchanged (current key).
-An explicit ``master_key`` argument is honoured as upstream. When every key fails, the error
+the key Letta encrypts with is tried first, then the keyring's; encryption is unchanged. The
+key Letta encrypts with is ``settings.encryption_key`` read at each call (as stock encryption
+and decryption read it), not the keyring read at start: code that sets it at run time can
+decrypt what it has just encrypted. An explicit ``master_key`` argument is honoured as upstream. When every key fails, the error
 still says "Failed to decrypt data" (``Secret.get_plaintext`` recognises it) and how many keys
 were tried.
 """
@@ -16,6 +18,7 @@ from typing import Optional
 from ketta import keyring, patching
 from ketta.patching import Patch
 from letta.helpers.crypto_utils import CryptoUtils
+from letta.settings import settings as letta_settings
 
 TARGET = "letta.helpers.crypto_utils:CryptoUtils"
 
@@ -27,7 +30,7 @@ def _failure(tried: int, last: ValueError) -> ValueError:
 
 def decrypt(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = None) -> str:
     original = patching.original(f"{TARGET}.decrypt")
-    keys = [master_key] if master_key is not None else keyring.decryption_keys()
+    keys = [master_key] if master_key is not None else keyring.decryption_keys(letta_settings.encryption_key)
     if len(keys) <= 1:
         return original(cls, encrypted, keys[0] if keys else None)
     last: ValueError | None = None
@@ -41,7 +44,7 @@ def decrypt(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = 
 
 async def decrypt_async(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = None) -> str:
     original = patching.original(f"{TARGET}.decrypt_async")
-    keys = [master_key] if master_key is not None else keyring.decryption_keys()
+    keys = [master_key] if master_key is not None else keyring.decryption_keys(letta_settings.encryption_key)
     if len(keys) <= 1:
         return await original(cls, encrypted, keys[0] if keys else None)
     last: ValueError | None = None
@@ -53,8 +56,8 @@ async def decrypt_async(cls: type[CryptoUtils], encrypted: str, master_key: Opti
     raise _failure(len(keys), last)  # type: ignore[arg-type]
 
 
-WHY = ("Decryption tries the current key, then the previous ones (KETTA_PREVIOUS_ENCRYPTION_KEYS, "
-       "encryption_key.*.old), so replicas can move to a new key one at a time.")
+WHY = ("Decryption tries the key Letta encrypts with (settings.encryption_key at call time), then the keyring's "
+       "(KETTA_PREVIOUS_ENCRYPTION_KEYS, encryption_key.*.old), so replicas can move to a new key one at a time.")
 
 PATCHES = [
     Patch(target=f"{TARGET}.decrypt", replacement=classmethod(decrypt), fingerprint="2309ba9f588897ab",

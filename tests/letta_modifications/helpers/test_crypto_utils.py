@@ -80,3 +80,25 @@ def test_without_the_patch_a_previous_key_is_not_tried(letta_crypto: type) -> No
     finally:
         for p in patch_module.PATCHES:
             patching.apply(p)
+
+
+def test_a_key_set_at_run_time_decrypts_what_it_just_encrypted(letta_crypto: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Letta's test_secret sets settings.encryption_key at run time: encryption reads it at each call,
+    so decryption must try it too (first), before the keyring read at start, which keeps working."""
+    from letta.schemas.secret import Secret
+    from letta.settings import settings
+
+    under_a, under_b = keyring.encrypt("old", KEY_A), keyring.encrypt("new", KEY_B)
+    monkeypatch.setattr(settings, "encryption_key", KEY_X)
+    stored = Secret.from_plaintext("set at run time").get_encrypted()
+    assert keyring.decrypt(stored, KEY_X) == "set at run time"  # written under the run-time key
+    assert Secret.from_encrypted(stored).get_plaintext() == "set at run time"
+    assert asyncio.run(Secret.from_encrypted(stored).get_plaintext_async()) == "set at run time"
+    assert asyncio.run(Secret.from_plaintext_async("async too")).get_plaintext() == "async too"
+    # The keyring's keys still decrypt (rotation), after the run-time key.
+    assert letta_crypto.decrypt(under_a) == "old" and letta_crypto.decrypt(under_b) == "new"
+    assert asyncio.run(letta_crypto.decrypt_async(under_a)) == "old"
+    assert keyring.decryption_keys(KEY_X) == [KEY_X, KEY_B, KEY_A]
+    assert keyring.decryption_keys(KEY_B) == [KEY_B, KEY_A]  # the usual case: the current key once
+    with pytest.raises(ValueError, match="any of the 3 configured encryption keys"):
+        letta_crypto.decrypt(keyring.encrypt("lost", "key-Y-" + "y" * 40))
