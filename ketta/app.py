@@ -133,6 +133,10 @@ def create_app() -> FastAPI:
             from ketta.provider_health_api import router as health_router
 
             app.include_router(health_router)
+            if get_settings().provider_pools:
+                from ketta.provider_pools_api import router as pools_router
+
+                app.include_router(pools_router)
         install_response_scrubbing(app)
         install_log_scrubbing()
         user_tokens.mount(app)

@@ -20,7 +20,7 @@ import inspect
 import time
 from typing import Any, Awaitable, Callable
 
-from ketta import provider_fallback, provider_health
+from ketta import provider_fallback, provider_health, provider_pools
 
 WRAPPED = "_ketta_instrumented"
 
@@ -47,7 +47,9 @@ def _organization(client: Any) -> str | None:
     return getattr(actor, "organization_id", None)
 
 
-Reopen = Callable[[BaseException], Awaitable[Any]]
+# Opens the same request elsewhere: the new stream, and the provider whose later failures this
+# wrapper records (None: the stream records its own, e.g. a fallback client's RecordedStream).
+Reopen = Callable[[BaseException], Awaitable[tuple[Any, str | None]]]
 
 _DELTA_FIELDS = ("content", "tool_calls", "function_call", "refusal", "reasoning_content", "reasoning")
 _PRE_TOKEN_EVENTS = frozenset({"message_start", "ping"})  # Anthropic events before any content
@@ -126,7 +128,8 @@ class RecordedStream:
                     return self._ready.pop(0)
                 raise
             except Exception as exc:
-                provider_health.record(*self._where, exc, time.perf_counter() - self._started)
+                if self._where[1] is not None:
+                    provider_health.record(*self._where, exc, time.perf_counter() - self._started)
                 if self._token_seen or self._reopen is None or not provider_fallback.retriable(exc):
                     raise
                 await self._switch(exc)
@@ -142,8 +145,9 @@ class RecordedStream:
 
     async def _switch(self, error: BaseException) -> None:
         """Open the same request elsewhere (raises ``error`` if nothing answers) and read on from it."""
-        replacement = await self._reopen(error)
+        replacement, provider = await self._reopen(error)
         failed, self._stream = self._stream, replacement
+        self._where, self._started = (self._where[0], provider), time.perf_counter()
         self._held = []
         try:
             if hasattr(failed, "close"):
@@ -171,6 +175,8 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
             except Exception as exc:
                 if not provider_fallback.retriable(exc):
                     raise
+        if sendable and len(args) >= 2 and _pools_on() and await provider_pools.is_pool(organization, provider):
+            return await _via_pool(client, method, stream, args, kwargs, organization, provider, bool(fallbacks))
         started = time.perf_counter()
         try:
             result = await method(*args, **kwargs)
@@ -185,12 +191,54 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         if stream and hasattr(result, "__aiter__"):
             reopen = None
             if fallbacks and len(args) >= 2:
-                async def reopen(error: BaseException) -> Any:
-                    return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], error, kwargs)
+                async def reopen(error: BaseException) -> tuple[Any, str | None]:
+                    return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], error, kwargs), None
             return RecordedStream(result, organization, provider, reopen)
         return result
 
     return recorded
+
+
+def _pools_on() -> bool:
+    from ketta.settings import get_settings
+
+    return get_settings().provider_pools
+
+
+async def _via_pool(client: Any, method: Callable, stream: bool, args: tuple, kwargs: dict, organization: str | None,
+                    pool: str, fallbacks: bool) -> Any:
+    """A call whose provider is a pool goes to its members (:func:`ketta.provider_pools.send`);
+    a pool with no member answering falls back like a failed provider."""
+    request_data, llm_config, rest = args[0], args[1], args[2:]
+
+    async def attempt(config: Any) -> Any:
+        return await method(request_data, config, *rest, **kwargs)
+
+    async def elsewhere(error: BaseException) -> Any:
+        if fallbacks and provider_fallback.retriable(error):
+            return await provider_fallback.send_elsewhere(client, method.__name__, request_data, llm_config, error, kwargs)
+        raise error
+
+    try:
+        result, member, tried = await provider_pools.send(organization, pool, llm_config, attempt)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return await elsewhere(exc)
+    if not (stream and hasattr(result, "__aiter__")):
+        return result
+
+    async def reopen(error: BaseException) -> tuple[Any, str | None]:
+        nonlocal tried
+        try:
+            replacement, next_member, tried = await provider_pools.send(organization, pool, llm_config, attempt, skip=tried, error=error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await elsewhere(exc), None
+        return replacement, next_member.name
+
+    return RecordedStream(result, organization, member.name, reopen)
 
 
 def _async_generator_wrapper(client: Any, method: Callable) -> Callable:

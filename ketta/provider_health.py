@@ -206,6 +206,16 @@ def cooling_until(organization_id: str | None, provider_name: str | None) -> flo
     return until if until > now else None
 
 
+def recent_errors(organization_id: str | None, provider_name: str, seconds: float) -> int:
+    """How many of this process's calls to a provider failed in the last ``seconds``."""
+    horizon = time.time() - seconds
+    with _lock:
+        stats = _stats.get((organization_id or "", provider_name))
+        if stats is None:
+            return 0
+        return sum(1 for event in reversed(stats.events) if event[0] >= horizon and not event[1])
+
+
 def snapshot(organization_id: str, provider_name: str) -> ProviderStats | None:
     """A copy of this process's stats for one provider (None if it saw no call)."""
     with _lock:
@@ -418,3 +428,40 @@ async def provider_health(provider_id: str, organization_id: str, provider_name:
                         last_success_at=last_success_at, cooldown_until=cooldown_until, now=time.time(),
                         window=settings.provider_health_window)
     return {"provider_id": provider_id, "provider_name": provider_name, **summary}
+
+
+def pool_summary(pool_id: str, pool_name: str, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """A pool's health from its members' (see ProviderHealth.members for the rules)."""
+    states = [m["state"] for m in members]
+    cooling = [m["cooling_down_until"] for m in members if m["state"] == "cooling_down"]
+    if not members or all(state in ("down", "cooling_down") for state in states):
+        state = "cooling_down" if members and len(cooling) == len(members) else "down"
+    elif all(state == "unknown" for state in states):
+        state = "unknown"
+    elif any(state in ("down", "cooling_down", "degraded") for state in states):
+        state = "degraded"
+    else:
+        state = "healthy"
+    calls = sum(m["calls"] for m in members)
+    errors = sum(m["errors"] for m in members)
+    classes: dict[str, int] = {}
+    for m in members:
+        for cls, count in m["status_classes"].items():
+            classes[cls] = classes.get(cls, 0) + count
+
+    def slowest(which: str) -> float | None:
+        values = [m["latency_ms"][which] for m in members if m["latency_ms"][which] is not None]
+        return max(values) if values else None
+
+    successes = [m["last_success_at"] for m in members if m["last_success_at"]]
+    last_errors = [m["last_error"] for m in members if m["last_error"]]
+    return {
+        "provider_id": pool_id, "provider_name": pool_name, "state": state,
+        "cooling_down_until": min(cooling) if state == "cooling_down" else None,
+        "window_seconds": members[0]["window_seconds"] if members else get_settings().provider_health_window,
+        "calls": calls, "errors": errors, "error_rate": round(errors / calls, 4) if calls else 0.0,
+        "status_classes": classes, "latency_ms": {"p50": slowest("p50"), "p95": slowest("p95")},
+        "last_success_at": max(successes) if successes else None,
+        "last_error": max(last_errors, key=lambda e: e["at"] or "") if last_errors else None,
+        "members": members,
+    }

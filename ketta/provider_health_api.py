@@ -17,7 +17,7 @@ from ketta import provider_health
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
 
-_PROVIDER = sa.text("SELECT name FROM providers WHERE id = :id AND organization_id = :org AND NOT is_deleted")
+_PROVIDER = sa.text("SELECT name, provider_type FROM providers WHERE id = :id AND organization_id = :org AND NOT is_deleted")
 
 
 class LatencyPercentiles(BaseModel):
@@ -47,6 +47,13 @@ class ProviderHealth(BaseModel):
     latency_ms: LatencyPercentiles
     last_success_at: Optional[str] = None
     last_error: Optional[LastError] = None
+    members: Optional[list["ProviderHealth"]] = Field(
+        None, description="A pool's members, each with its own health; the pool's state is 'healthy' when all are, 'degraded' when "
+        "some are not, 'down'/'cooling_down' when none can take a call. Its latency is the slowest member's; counts are sums."
+    )
+
+
+ProviderHealth.model_rebuild()
 
 
 def _dependencies():
@@ -69,7 +76,14 @@ async def retrieve_provider_health(
 
     actor = await server.user_manager.get_actor_or_default_async(actor_id=headers.actor_id)
     async with db_registry.async_session() as session:
-        name = (await session.execute(_PROVIDER, {"id": provider_id, "org": actor.organization_id})).scalar_one_or_none()
-    if name is None:
+        row = (await session.execute(_PROVIDER, {"id": provider_id, "org": actor.organization_id})).first()
+    if row is None:
         raise HTTPException(status_code=404, detail=f"Provider '{provider_id}' not found.")
+    name, provider_type = row
+    if provider_type == "pool":
+        from ketta import provider_pools
+
+        members = await provider_pools.members_of(actor.organization_id, name)
+        healths = [await provider_health.provider_health(m.id, actor.organization_id, m.name) for m in members]
+        return ProviderHealth(**provider_health.pool_summary(provider_id, name, healths))
     return ProviderHealth(**await provider_health.provider_health(provider_id, actor.organization_id, name))

@@ -136,6 +136,7 @@ MAX_TEXT_LENGTH = 2048  # base_url, region, api_version
 REFUSED_PROVIDER_TYPES: dict[str, str] = {
     "letta": "'letta' is Letta Cloud's own hosted provider and cannot be created here",
     "chatgpt_oauth": "'chatgpt_oauth' needs an OAuth sign-in flow that this server does not offer",
+    "pool": "'pool' is made from existing providers with POST /v1/pools/ (it has no key of its own)",
 }
 
 

@@ -92,6 +92,7 @@ class KettaSettings(BaseSettings):
     provider_health_flush: float = Field(default=5.0, gt=0, description="At most this often (s) each worker writes its providers' health to the database.")
     provider_cooldown: float = Field(default=30.0, ge=0, description="Seconds a provider that answered 429 without Retry-After is skipped (0: never).")
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
+    provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     @property

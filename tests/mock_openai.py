@@ -95,11 +95,15 @@ class MockOpenAI:
     host: str = "127.0.0.1"
     port: int = 0
     latency_s: float = 0.0  # added before each chat completion answer
+    api_keys: tuple[str, ...] = ()  # more keys accepted besides api_key (one mock serving several accounts)
+    rate_limit: int | None = None  # chat completions per key and window; more answer 429 with Retry-After
+    rate_window_s: float = 60.0  # the rate limit's fixed window, from a key's first request in it
 
     def __post_init__(self) -> None:
         self._requests: list[RecordedRequest] = []
         self._errors: list[QueuedError] = []
         self._stream_failures: list[StreamFailure] = []
+        self._windows: dict[str | None, tuple[float, int]] = {}  # key -> (window start, requests in it)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -182,6 +186,21 @@ class MockOpenAI:
             raise ValueError("kind is 'error_event' or 'drop'")
         with self._lock:
             self._stream_failures.append(StreamFailure(after, kind, message, type))
+
+    def _over_rate_limit(self, key: str | None) -> float | None:
+        """None if the key may send this chat completion, else the seconds until its window ends."""
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            start, count = self._windows.get(key, (now, 0))
+            if now - start >= self.rate_window_s:
+                start, count = now, 0
+            if count >= self.rate_limit:
+                self._windows[key] = (start, count)
+                return self.rate_window_s - (now - start)
+            self._windows[key] = (start, count + 1)
+            return None
 
     def _next_stream_failure(self) -> StreamFailure | None:
         with self._lock:
@@ -282,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         request = RecordedRequest(method=method, path=self.path, headers=headers, body=body)
         queued = self.mock._record(request)
-        if self.mock.api_key is not None and request.api_key != self.mock.api_key:
+        if self.mock.api_key is not None and request.api_key != self.mock.api_key and request.api_key not in self.mock.api_keys:
             self._send_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             return
         if queued is not None:
@@ -298,6 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_error(404, f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found")
         elif method == "POST" and path == "/v1/chat/completions":
+            wait = self.mock._over_rate_limit(request.api_key)
+            if wait is not None:  # OpenAI's rate-limit answer
+                self._send_error(429, f"Rate limit reached for requests: limit {self.mock.rate_limit} per {self.mock.rate_window_s:g}s. "
+                                 f"Please try again in {wait:.0f}s.", "requests", "rate_limit_exceeded", retry_after=str(int(wait) + 1))
+                return
             self._chat_completions(body if isinstance(body, dict) else {})
         elif method == "POST" and path == "/v1/embeddings":
             self._embeddings(body if isinstance(body, dict) else {})

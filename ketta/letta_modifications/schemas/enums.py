@@ -54,6 +54,14 @@ PATCHES = [
         why="Moonshot AI as a provider type; added before Letta builds any pydantic schema.",
         mode="enum_member",
     ),
+    Patch(
+        target="letta.schemas.enums:ProviderType.pool",
+        replacement="pool",
+        fingerprint="f9c932b655c6ac47",
+        setting="provider_pools",
+        why="A provider pool (several providers of the same models under one handle, /v1/pools/) is a provider row of this type.",
+        mode="enum_member",
+    ),
 ]
 
 after_apply = link_enums_to_letta  # called by apply_all once this module's patches are done

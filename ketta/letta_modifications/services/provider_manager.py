@@ -259,6 +259,9 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
         if row is None:
             raise NoResultFound(f"Provider not found with id='{provider_id}'")
         current = row.to_pydantic()
+    if str(getattr(current.provider_type, "value", current.provider_type)) == "pool":
+        raise ProviderInputError(f"Provider '{current.name}' is a pool: it has no key or base_url of its own; "
+                                 f"change its members with PATCH /v1/pools/{provider_id}.")
     await check_base_url(current.provider_type, sent.get("base_url"))
 
     changed = current.model_copy()

@@ -16,6 +16,7 @@ from letta.schemas.providers.base import Provider
 from letta.schemas.providers.base import ProviderUpdate as LettaProviderUpdate
 
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, KimiProvider
+from ketta.letta_modifications.schemas.providers.pool import POOL_PROVIDER_TYPE, PoolProvider
 from ketta.patching import Patch
 
 # ProviderType value -> class. Keyed by the value string: Ketta's own types exist in the enum only
@@ -69,6 +70,7 @@ class ProviderUpdate(LettaProviderUpdate):
 
 _register_letta_classes()
 register_provider_class(KimiProvider, KIMI_PROVIDER_TYPE)
+register_provider_class(PoolProvider, POOL_PROVIDER_TYPE)
 
 UPDATE_WHY = "PATCH /v1/providers/{id} accepts any subset of fields (api_key optional); fields not sent are kept."
 

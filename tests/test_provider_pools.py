@@ -1,0 +1,188 @@
+"""Provider pools: one handle over several providers (keys), calls spread, 429s cooled down, 503 when none answers."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from conftest import KettaProcess
+from mock_openai import MockOpenAI
+
+KEYS = ("sk-pool-key-a-0123456789", "sk-pool-key-b-0123456789", "sk-pool-key-c-0123456789")
+PER_KEY = 3  # chat completions per key and window
+
+
+@pytest.fixture
+def llm() -> Iterator[MockOpenAI]:
+    """One upstream, three accounts, each limited to PER_KEY requests per 10 minutes (long enough
+    that a 429 carries a Retry-After the OpenAI SDK does not wait for: it retries up to 120 s)."""
+    with MockOpenAI(api_key=KEYS[0], api_keys=KEYS[1:], rate_limit=PER_KEY, rate_window_s=600, reply="pooled answer") as server:
+        yield server
+
+
+def make_pool(client: httpx.Client, llm: MockOpenAI) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    members = []
+    for letter, key in zip("abc", KEYS):
+        name = f"key-{letter}-{suffix}"
+        created = client.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": key, "base_url": llm.base_url})
+        assert created.status_code == 200, created.text
+        members.append({"name": name, "id": created.json()["id"], "key": key})
+    pool = client.post("/v1/pools/", json={"name": f"pool-{suffix}", "members": [m["name"] for m in members]})
+    assert pool.status_code == 200, pool.text
+    agent = client.post("/v1/agents/", json={
+        "name": f"pooled-{suffix}", "agent_type": "letta_v1_agent", "include_base_tools": False,
+        "model": f"pool-{suffix}/mock-chat-1", "embedding": f"{members[0]['name']}/text-embedding-3-small"})
+    assert agent.status_code == 200, agent.text
+    assert agent.json()["llm_config"]["handle"] == f"pool-{suffix}/mock-chat-1"
+    return {"pool": pool.json(), "members": members, "agent": agent.json()["id"]}
+
+
+def send(client: httpx.Client, agent_id: str) -> httpx.Response:
+    return client.post(f"/v1/agents/{agent_id}/messages", json={"messages": [{"role": "user", "content": "hello"}]})
+
+
+def answer(response: httpx.Response) -> str:
+    return [m for m in response.json()["messages"] if m["message_type"] == "assistant_message"][0]["content"]
+
+
+def per_key(llm: MockOpenAI) -> dict[str, int]:
+    counts = {key: 0 for key in KEYS}
+    for request in llm.chat_requests():
+        counts[request.api_key] += 1
+    return counts
+
+
+def test_a_pool_is_managed_over_rest_and_listed_like_a_provider(shared_server: KettaProcess, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = make_pool(client, llm)
+        pool = made["pool"]
+        name = pool["name"]
+        assert pool["provider_type"] == "pool" and pool["models"] == [f"{name}/mock-chat-1"]
+        assert [m["name"] for m in pool["members"]] == [m["name"] for m in made["members"]]
+        assert "api_key" not in json.dumps(pool) and not any(key in json.dumps(pool) for key in KEYS)
+
+        assert client.get(f"/v1/pools/{pool['id']}").json() == pool
+        assert pool in client.get("/v1/pools/").json()
+        listed = client.get("/v1/providers/").json()
+        assert [p["provider_type"] for p in listed if p["id"] == pool["id"]] == ["pool"]
+        assert [m["handle"] for m in client.get("/v1/models/", params={"provider_name": name}).json()] == [f"{name}/mock-chat-1"]
+        paths = client.get("/openapi.json").json()["paths"]
+        assert {"/v1/pools/", "/v1/pools/{pool_id}"} <= set(paths)
+
+        # what cannot be done, with what to do instead; nothing stored
+        taken = client.post("/v1/pools/", json={"name": name, "members": [made["members"][0]["name"]]})
+        assert taken.status_code == 409
+        unknown = client.post("/v1/pools/", json={"name": f"x-{name}", "members": ["no-such-provider"]})
+        assert unknown.status_code == 400 and "no-such-provider" in unknown.json()["detail"]
+        nested = client.post("/v1/pools/", json={"name": f"x-{name}", "members": [name]})
+        assert nested.status_code == 400 and "is a pool" in nested.json()["detail"]
+        empty = client.post("/v1/pools/", json={"name": f"x-{name}", "members": []})
+        assert empty.status_code == 400
+        as_provider = client.post("/v1/providers/", json={"name": f"x-{name}", "provider_type": "pool", "api_key": "sk-x"})
+        assert as_provider.status_code == 422 and "/v1/pools/" in as_provider.json()["detail"]
+        patched = client.patch(f"/v1/providers/{pool['id']}", json={"api_key": "sk-should-not-be-stored"})
+        assert patched.status_code == 422 and f"/v1/pools/{pool['id']}" in patched.json()["detail"]
+        assert not any(p["name"] == f"x-{name}" for p in client.get("/v1/providers/").json())
+
+        refreshed = client.patch(f"/v1/providers/{pool['id']}/refresh")  # re-reads the members' models
+        assert refreshed.status_code == 200, refreshed.text
+        assert [m["handle"] for m in client.get("/v1/models/", params={"provider_name": name}).json()] == [f"{name}/mock-chat-1"]
+
+        # members changed: order kept, same checks
+        two = client.patch(f"/v1/pools/{pool['id']}", json={"members": [made["members"][2]["id"], made["members"][0]["name"]]})
+        assert two.status_code == 200, two.text
+        assert [m["name"] for m in two.json()["members"]] == [made["members"][2]["name"], made["members"][0]["name"]]
+
+        deleted = client.delete(f"/v1/pools/{pool['id']}")
+        assert deleted.status_code == 204
+        assert client.get(f"/v1/pools/{pool['id']}").status_code == 404
+        remaining = {p["name"] for p in client.get("/v1/providers/").json()}
+        assert name not in remaining and {m["name"] for m in made["members"]} <= remaining
+
+
+def test_a_pool_of_three_keys_sustains_three_times_one_keys_limit(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = make_pool(client, llm)
+        replies = [send(client, made["agent"]) for _ in range(3 * PER_KEY)]
+        assert [r.status_code for r in replies] == [200] * (3 * PER_KEY), replies[-1].text
+        assert {answer(r) for r in replies} == {"pooled answer"}
+        assert per_key(llm) == {key: PER_KEY for key in KEYS}  # spread evenly: no key went over its limit
+        step = client.get(f"/v1/steps/{[m for m in replies[-1].json()['messages'] if m['step_id']][0]['step_id']}").json()
+        assert step["model_handle"] in {f"{m['name']}/mock-chat-1" for m in made["members"]}  # the member that answered
+
+        health = client.get(f"/v1/providers/{made['pool']['id']}/health").json()
+        assert health["state"] == "healthy" and health["calls"] == 3 * PER_KEY and health["errors"] == 0, health
+        assert sorted(m["provider_name"] for m in health["members"]) == sorted(m["name"] for m in made["members"])
+        assert all(m["status_classes"] == {"2xx": PER_KEY} for m in health["members"]), health
+
+        # every key spent: each member answers 429 once and cools down; the client gets 503 naming them
+        over = send(client, made["agent"])
+        assert over.status_code == 503, over.text
+        for member in made["members"]:
+            assert member["name"] in over.json()["detail"], over.text
+        assert sum(per_key(llm).values()) == 3 * PER_KEY + 3
+        for member in made["members"]:
+            member_health = client.get(f"/v1/providers/{member['id']}/health").json()
+            assert member_health["state"] == "cooling_down" and member_health["status_classes"].get("429") == 1, member_health
+            assert datetime.fromisoformat(member_health["cooling_down_until"]) > datetime.fromisoformat(member_health["last_error"]["at"])
+        pool_health = client.get(f"/v1/providers/{made['pool']['id']}/health").json()
+        assert pool_health["state"] == "cooling_down", pool_health
+
+        again = send(client, made["agent"])  # nobody is asked while all cool down
+        assert again.status_code == 503 and "cooling down until" in again.json()["detail"], again.text
+        assert sum(per_key(llm).values()) == 3 * PER_KEY + 3
+    with shared_db.connect() as conn:  # shared with every worker and replica through the database
+        cooling = conn.execute(sa.text("SELECT count(DISTINCT provider_id) FROM ketta_provider_health "
+                                       "WHERE provider_id = ANY(:ids) AND cooldown_until > now()"),
+                               {"ids": [m["id"] for m in made["members"]]}).scalar_one()
+    assert cooling == 3
+
+
+def test_a_member_answering_429_is_skipped_without_a_client_error(shared_server: KettaProcess, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = make_pool(client, llm)
+        spent = made["members"][0]
+        for _ in range(PER_KEY):  # someone else used this account's whole quota
+            used = httpx.post(f"{llm.base_url}/chat/completions", headers={"Authorization": f"Bearer {spent['key']}"},
+                              json={"model": "mock-chat-1", "messages": [{"role": "user", "content": "x"}]})
+            assert used.status_code == 200
+        replies = [send(client, made["agent"]) for _ in range(2 * PER_KEY)]
+        assert [r.status_code for r in replies] == [200] * (2 * PER_KEY), [r.text for r in replies if r.status_code != 200]
+        counts = per_key(llm)
+        assert counts[spent["key"]] == PER_KEY + 1  # (the quota spent above) asked once more, answered 429, then left alone
+        assert counts[KEYS[1]] == counts[KEYS[2]] == PER_KEY
+        health = client.get(f"/v1/providers/{spent['id']}/health").json()
+        assert health["state"] == "cooling_down" and health["status_classes"] == {"429": 1}, health
+        pool_health = client.get(f"/v1/providers/{made['pool']['id']}/health").json()
+        assert pool_health["state"] == "degraded" and pool_health["errors"] == 1, pool_health
+
+
+def test_a_pooled_stream_breaking_before_its_first_token_goes_to_the_next_member(shared_server: KettaProcess, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        made = make_pool(client, llm)
+        llm.queue_stream_failure(after=0, kind="drop")
+        with client.stream("POST", f"/v1/agents/{made['agent']}/messages/stream",
+                           json={"messages": [{"role": "user", "content": "hello"}], "stream_tokens": True}) as response:
+            assert response.status_code == 200
+            events = [json.loads(line[len("data: "):]) for line in response.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+    assert "error" not in json.dumps(events).lower(), events
+    assert "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message") == "pooled answer"
+    keys = [r.api_key for r in llm.chat_requests()]
+    assert len(keys) == 2 and keys[0] != keys[1]  # the first member's stream broke, the next one answered
+
+
+def test_pools_off_is_stock(start_ketta, database_uri: str) -> None:
+    server = start_ketta({"LETTA_PG_URI": database_uri, "KETTA_PROVIDER_POOLS": "false"})
+    with server.client() as client:
+        assert client.get("/v1/pools/").status_code == 404
+        assert not any(path.startswith("/v1/pools") for path in client.get("/openapi.json").json()["paths"])
+        refused = client.post("/v1/providers/", json={"name": "p", "provider_type": "pool", "api_key": "sk-x"})
+        assert refused.status_code == 422
