@@ -5,6 +5,7 @@ Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socketserver
@@ -22,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from ketta.database import EmbeddedPostgres, free_port, sync_url, with_database
+from mock_openai import MockOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,27 +178,39 @@ def start_ketta(tmp_path: Path) -> Iterator[Callable[..., KettaProcess]]:
         proc.stop()
 
 
+@contextlib.contextmanager
+def own_database(pg_uri: str, prefix: str) -> Iterator[str]:
+    """A new database on the test PostgreSQL for a session- or module-long server; dropped (even
+    with connections left) afterwards. Yields its URI."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(pg_uri, name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
     """One Ketta server for the many API tests (each test uses its own provider names)."""
     home = tmp_path_factory.mktemp("shared-home")
-    name = f"shared_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    env = clean_env(
-        KETTA_HOME=str(home),
-        LETTA_PG_URI=with_database(pg_uri, name),
-        KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
-        KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
-    )
-    proc = KettaProcess(env, home / "server.log")
-    proc.wait_healthy()
-    yield proc
-    proc.stop()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with own_database(pg_uri, "shared") as db_uri:
+        env = clean_env(
+            KETTA_HOME=str(home),
+            LETTA_PG_URI=db_uri,
+            KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
+            KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
+        )
+        proc = KettaProcess(env, home / "server.log")
+        try:
+            proc.wait_healthy()
+            yield proc
+        finally:
+            proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +219,26 @@ def shared_db(shared_server: KettaProcess) -> Iterator[sa.Engine]:
     engine = sa.create_engine(sync_url(shared_server.db_uri), poolclass=sa.NullPool)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def api(shared_server: KettaProcess) -> Iterator[httpx.Client]:
+    """A client of the shared server that sends the token."""
+    with shared_server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def llm() -> Iterator[MockOpenAI]:
+    """A mock OpenAI-compatible LLM of this test's own (nothing another test sent is in its
+    requests); it accepts the key 'sk-good'."""
+    with MockOpenAI(api_key="sk-good") as mock:
+        yield mock
+
+
+def unique(prefix: str) -> str:
+    """A provider (or agent) name no other test uses, on the shared server."""
+    return f"{prefix} {uuid.uuid4().hex[:6]}"
 
 
 class RecordingProxy:

@@ -44,12 +44,12 @@ class Mutation:
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
-        "refresh-unreachable-ok",
+        "refresh-outage-empties-models",
         "ketta/letta_modifications/services/provider_manager.py",
-        "provider.name, unreachable_ok=False)",
-        "provider.name, unreachable_ok=True)",
-        ("tests/letta_modifications/services/test_provider_manager.py",),
-        "A refresh during an outage must answer 502 and keep the provider's models.",
+        "raise UpstreamUnavailable(name, 504 if status == 504 else 502, f\"{message} (base_url {typed.base_url})\") from None",
+        "return [], []",
+        ("tests/letta_modifications/services/test_provider_manager.py::test_refresh_during_an_outage_answers_502_and_keeps_the_models",),
+        "A refresh during an outage answers 502 and keeps the provider's models (as stock's unreachable_ok=True would not).",
     ),
     Mutation(
         "env-fallback-first",
@@ -155,6 +155,167 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_migrations.py::test_upgrade_waits_for_the_advisory_lock",),
         "Two servers starting together on one database migrate one after the other.",
     ),
+    # --- issues 7, 9, 10 (guard the keys, providers edited safely, secrets) and the Kimi rules ---
+    Mutation(
+        "login-off-by-default",
+        "ketta/settings.py",
+        "insecure_no_login: bool = Field(default=False,",
+        "insecure_no_login: bool = Field(default=True,",
+        ("tests/test_auth.py::test_token_forms_sdk_bearer_and_letta_bare_password",),
+        "Login is on by default: a request without the token is 401.",
+    ),
+    Mutation(
+        "user-token-acts-as-anyone",
+        "ketta/auth.py",
+        "        if claimed - {principal.user_id}:",
+        "        if False:",
+        ("tests/test_user_tokens.py::test_user_tokens_act_as_their_user_only_and_keep_orgs_apart",),
+        "A user's token acts as that user only: another user_id header is 403.",
+    ),
+    Mutation(
+        "url-guard-first-address-only",
+        "ketta/url_guard.py",
+        "    for text in addresses:",
+        "    for text in addresses[:1]:",
+        ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
+        "Every address a name resolves to must pass (one public and one private address: refused).",
+    ),
+    Mutation(
+        "url-guard-credentials-allowed",
+        "ketta/url_guard.py",
+        'if "@" in parts.netloc:',
+        'if "@" in parts.path:',
+        ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
+        "A base_url with user:password@ is refused 422.",
+    ),
+    Mutation(
+        "url-guard-ipv4-mapped-passes",
+        "ketta/url_guard.py",
+        "        return refused_category(address.ipv4_mapped)",
+        "        return None",
+        ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
+        "An IPv4-mapped IPv6 address (::ffff:10.0.0.1) is judged as the IPv4 address it maps.",
+    ),
+    Mutation(
+        "url-guard-not-at-connection",
+        "ketta/url_guard.py",
+        "addresses = await anyio.to_thread.run_sync(checked_addresses, host, port)",
+        "addresses = await anyio.to_thread.run_sync(resolver, host, port)",
+        ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
+        "Every connection is checked again when made (DNS rebinding, redirects).",
+    ),
+    Mutation(
+        "url-guard-create-unchecked",
+        "ketta/letta_modifications/services/provider_manager.py",
+        "    await check_base_url(request.provider_type, request.base_url)",
+        "    pass",
+        ("tests/test_url_guard.py::test_server_refuses_unsafe_base_urls_everywhere",),
+        "Creating a provider with an unsafe base_url is 422 and stores nothing.",
+    ),
+    Mutation(
+        "key-binding-ignores-port",
+        "ketta/key_binding.py",
+        "target[:3] != base[:3]",
+        "target[:2] != base[:2]",
+        ("tests/test_key_binding.py",),
+        "An agent config may only name its provider's endpoint: another port of the same host is another endpoint.",
+    ),
+    Mutation(
+        "key-binding-not-at-call-time",
+        "ketta/key_binding.py",
+        "    return rewritten",
+        "    return configured",
+        ("tests/test_key_binding.py",),
+        "An agent stored with another endpoint calls its provider's endpoint, never the config's.",
+    ),
+    Mutation(
+        "redaction-sk-shape-missed",
+        "ketta/redaction.py",
+        'r"\\bsk-[A-Za-z0-9_\\-]{6,}"',
+        'r"\\bsk-[A-Za-z0-9_\\-]{60,}"',
+        ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
+        "An sk-... key nobody told the server about is still redacted from errors and logs.",
+    ),
+    Mutation(
+        "redaction-known-keys-kept",
+        "ketta/redaction.py",
+        "    return pattern.sub(REDACTED, text) if pattern is not None and text else text",
+        "    return text",
+        ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
+        "Every key the server handles is redacted wherever it appears, whatever its shape.",
+    ),
+    Mutation(
+        "key-with-line-break-accepted",
+        "ketta/providers.py",
+        '        if not ("!" <= char <= "~"):',
+        '        if char == "\\x00":',
+        ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
+        "A key with a control character, space or non-ASCII is refused 422 (it would end up in an error message).",
+    ),
+    Mutation(
+        "patch-drops-unsent-key",
+        "ketta/letta_modifications/services/provider_manager.py",
+        "    changed = current.model_copy()",
+        '    changed = current.model_copy(update={"api_key_enc": None})',
+        ("tests/letta_modifications/services/test_provider_edits.py::test_patch_with_only_base_url_keeps_the_key_and_relists_from_the_new_endpoint",),
+        "PATCH keeps the fields it was not sent (Klui's edit form sends only base_url).",
+    ),
+    Mutation(
+        "patch-key-not-checked",
+        "ketta/letta_modifications/services/provider_manager.py",
+        '        "api_key" in sent or "access_key" in sent',
+        "        False",
+        ("tests/letta_modifications/services/test_provider_edits.py::test_patch_with_a_refused_key_answers_400_and_keeps_the_old_key",),
+        "A new key sent by PATCH is checked upstream first; a refused one changes nothing.",
+    ),
+    Mutation(
+        "provider-soft-delete",
+        "ketta/letta_modifications/services/provider_manager.py",
+        "        await session.execute(delete(ProviderRow).where(ProviderRow.id == provider_id))",
+        "        await session.execute(update(ProviderRow).where(ProviderRow.id == provider_id).values(is_deleted=True))",
+        ("tests/letta_modifications/services/test_provider_manager.py::test_delete_removes_rows_and_frees_the_name",),
+        "DELETE /v1/providers/{id} removes the rows; the name is free at once.",
+    ),
+    Mutation(
+        "conversation-soft-delete",
+        "ketta/letta_modifications/services/conversation_manager.py",
+        "delete(ConversationRow).where(ConversationRow.id == conversation_id)",
+        '__import__("sqlalchemy").update(ConversationRow).where(ConversationRow.id == conversation_id).values(is_deleted=True)',
+        ("tests/letta_modifications/services/test_conversation_manager.py",),
+        "DELETE of a conversation removes its row (stock only flags it).",
+    ),
+    Mutation(
+        "keyring-sync-current-key-only",
+        "ketta/letta_modifications/helpers/crypto_utils.py",
+        "            return original(cls, encrypted, key)",
+        "            return original(cls, encrypted, keys[0])",
+        ("tests/letta_modifications/helpers/test_crypto_utils.py",),
+        "Decryption tries the current key, then the previous ones (rotation one replica at a time).",
+    ),
+    Mutation(
+        "keyring-async-current-key-only",
+        "ketta/letta_modifications/helpers/crypto_utils.py",
+        "            return await original(cls, encrypted, key)",
+        "            return await original(cls, encrypted, keys[0])",
+        ("tests/letta_modifications/helpers/test_crypto_utils.py",),
+        "Asynchronous decryption (what Letta's request paths use) tries the previous keys too.",
+    ),
+    Mutation(
+        "kimi-embedding-rule-off",
+        "ketta/letta_modifications/services/agent_manager.py",
+        "    if get_settings().kimi_provider:\n        await refuse_kimi_without_embedding",
+        "    if False:\n        await refuse_kimi_without_embedding",
+        ("tests/letta_modifications/schemas/providers/test_kimi.py::test_kimi_agent_needs_another_providers_embedding",),
+        "A Kimi agent without another provider's embedding is refused 400 with Ketta's message.",
+    ),
+    Mutation(
+        "kimi-lists-every-model",
+        "ketta/letta_modifications/schemas/providers/kimi.py",
+        '_KIMI_MODEL_ID = re.compile(r"^(kimi-|moonshot-)", re.IGNORECASE)',
+        '_KIMI_MODEL_ID = re.compile(r"", re.IGNORECASE)',
+        ("tests/letta_modifications/schemas/providers/test_kimi.py::test_kimi_provider_lists_moonshot_models_with_context_windows",),
+        "A Kimi provider lists Moonshot's chat models only, not a proxy's other models.",
+    ),
 )
 
 
@@ -191,28 +352,42 @@ def _imports_scratch_copy(root: Path) -> bool:
     return probe.stdout.strip().startswith(str(root))
 
 
-def run(mutation: Mutation, timeout_s: float, mutate: bool = True) -> tuple[str, str]:
-    """(outcome, detail): outcome is killed, survived or broken. ``mutate=False`` runs the same
-    tests on the unchanged copy (they must pass, or a kill would mean nothing)."""
-    with tempfile.TemporaryDirectory(prefix=f"ketta-mutant-{mutation.id}-") as tmp:
+def _pytest(root: Path, selection: tuple[str, ...], timeout_s: float) -> tuple[str, str]:
+    """(outcome, pytest's summary line): passed, failed, timeout or broken (nothing ran)."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+    try:
+        result = subprocess.run(command, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "timeout", f"tests timed out after {timeout_s:g} s"
+    last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+    if result.returncode == 0:
+        return "passed", last
+    if result.returncode in (4, 5):  # usage error / nothing collected: the listed tests are wrong
+        return "broken", f"pytest exit {result.returncode}: {last}"
+    return "failed", last
+
+
+def run(mutation: Mutation | None, selection: tuple[str, ...], timeout_s: float) -> tuple[str, str]:
+    """Run ``selection`` in a scratch copy with ``mutation`` applied (None: unchanged)."""
+    with tempfile.TemporaryDirectory(prefix=f"ketta-mutant-{mutation.id if mutation else 'baseline'}-") as tmp:
         root = Path(tmp)
         _scratch_copy(root)
-        problem = _apply(mutation, root) if mutate else None
+        problem = _apply(mutation, root) if mutation else None
         if problem:
             return "broken", problem
         if not _imports_scratch_copy(root):
             return "broken", "the scratch copy is not what Python imports (PYTHONPATH)"
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests]
-        try:
-            result = subprocess.run(command, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return "killed", f"tests timed out after {timeout_s:g} s"
-        last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-        if result.returncode == 0:
-            return "survived", last
-        if result.returncode in (4, 5):  # usage error / nothing collected: the listed tests are wrong
-            return "broken", f"pytest exit {result.returncode}: {last}"
-        return "killed", last
+        return _pytest(root, selection, timeout_s)
+
+
+def baseline_selections(chosen: list[Mutation]) -> list[tuple[str, ...]]:
+    """The chosen mutations' tests, unmutated, in as few pytest runs as possible (each run of
+    server tests starts a server): plain test ids together, selections with options apart."""
+    plain = list(dict.fromkeys(t for m in chosen if not any(a.startswith("-") for a in m.tests) for t in m.tests))
+    files = {t for t in plain if "::" not in t}
+    plain = [t for t in plain if "::" not in t or t.split("::")[0] not in files]  # a file covers its tests
+    optioned = list(dict.fromkeys(m.tests for m in chosen if any(a.startswith("-") for a in m.tests)))
+    return ([tuple(plain)] if plain else []) + optioned
 
 
 def main() -> int:
@@ -220,7 +395,7 @@ def main() -> int:
     parser.add_argument("ids", nargs="*", help="mutation ids (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation's test run")
-    parser.add_argument("--no-baseline", action="store_true", help="skip running each test selection unmutated first")
+    parser.add_argument("--no-baseline", action="store_true", help="skip running the tests unmutated first")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.ids or m.id in args.ids]
     unknown = set(args.ids) - {m.id for m in MUTATIONS}
@@ -228,25 +403,28 @@ def main() -> int:
         parser.error(f"unknown mutation ids: {', '.join(sorted(unknown))}")
     if args.list:
         for m in chosen:
-            print(f"{m.id:<34} {m.path}\n{'':<34} {m.why}")
+            print(f"{m.id:<34} {m.path}\n{'':<34} {m.why}\n{'':<34} tests: {' '.join(m.tests)}")
         return 0
-    outcomes: dict[str, list[str]] = {"killed": [], "survived": [], "broken": []}
-    if not args.no_baseline:
-        for tests in dict.fromkeys(m.tests for m in chosen):
-            first = next(m for m in chosen if m.tests == tests)
-            outcome, detail = run(first, args.timeout, mutate=False)
-            print(f"{'BASELINE':<9} {' '.join(tests)}: {'passes' if outcome == 'survived' else 'FAILS: ' + detail}", flush=True)
-            if outcome != "survived":
+    if not args.no_baseline:  # the tests must pass unmutated, or a kill would mean nothing
+        for selection in baseline_selections(chosen):
+            started = time.monotonic()
+            outcome, detail = run(None, selection, args.timeout)
+            print(f"BASELINE  {time.monotonic() - started:6.1f} s  {outcome}: {detail}  [{' '.join(selection)}]", flush=True)
+            if outcome != "passed":
                 return 1
+    rows: list[tuple[str, str, str, float, str]] = []
     for m in chosen:
         started = time.monotonic()
-        outcome, detail = run(m, args.timeout)
-        outcomes[outcome].append(m.id)
-        print(f"{outcome.upper():<9} {m.id:<34} {time.monotonic() - started:6.1f} s  {detail}", flush=True)
-    print(f"\n{len(outcomes['killed'])} killed, {len(outcomes['survived'])} survived, {len(outcomes['broken'])} broken")
-    for m_id in outcomes["survived"]:
-        print(f"  survived: {m_id}")
-    return 0 if not outcomes["survived"] and not outcomes["broken"] else 1
+        outcome, detail = run(m, m.tests, args.timeout)
+        verdict = {"failed": "killed", "timeout": "killed", "passed": "survived"}.get(outcome, "broken")
+        rows.append((m.id, " ".join(m.tests), verdict, time.monotonic() - started, detail))
+        print(f"{verdict.upper():<9} {m.id:<34} {rows[-1][3]:6.1f} s  {detail}", flush=True)
+    print("\n| mutation | tests run | outcome | time (s) | pytest |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]:.0f} | {row[4]} |")
+    counts = {v: sum(1 for r in rows if r[2] == v) for v in ("killed", "survived", "broken")}
+    print(f"\n{counts['killed']} killed, {counts['survived']} survived, {counts['broken']} broken")
+    return 0 if not counts["survived"] and not counts["broken"] else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from conftest import unique
 from ketta.letta_modifications.llm_api.anthropic_client import sdk_base_url
 from mock_anthropic import MockAnthropic
 from mock_openai import MockOpenAI
@@ -20,20 +21,10 @@ from mock_openai import MockOpenAI
 KEY = "sk-ant-mock-key"
 
 
-@pytest.fixture(scope="module")
-def api(shared_server) -> Iterator[httpx.Client]:
-    with shared_server.client() as client:
-        yield client
-
-
 @pytest.fixture
 def claude() -> Iterator[MockAnthropic]:
     with MockAnthropic(api_key=KEY) as mock:
         yield mock
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix} {uuid.uuid4().hex[:6]}"
 
 
 def test_sdk_base_url_keeps_anthropic_default_and_drops_a_trailing_v1():

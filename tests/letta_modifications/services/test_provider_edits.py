@@ -14,30 +14,14 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from conftest import unique
 from ketta.database import free_port
 from mock_openai import MockOpenAI
-
-
-@pytest.fixture(scope="module")
-def api(shared_server) -> Iterator[httpx.Client]:
-    with shared_server.client() as client:
-        yield client
-
-
-@pytest.fixture
-def llm() -> Iterator[MockOpenAI]:
-    with MockOpenAI(api_key="sk-good") as mock:
-        yield mock
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix} {uuid.uuid4().hex[:6]}"
 
 
 def create(api: httpx.Client, name: str, base_url: str, key: str = "sk-good", **extra) -> httpx.Response:

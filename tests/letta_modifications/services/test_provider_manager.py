@@ -7,31 +7,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Iterator
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from conftest import unique
 from mock_openai import MockOpenAI
 
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(scope="module")
-def api(shared_server) -> Iterator[httpx.Client]:
-    with shared_server.client() as client:
-        yield client
-
-
-@pytest.fixture
-def llm() -> Iterator[MockOpenAI]:
-    with MockOpenAI(api_key="sk-good") as mock:
-        yield mock
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix} {uuid.uuid4().hex[:6]}"
 
 
 def create(api: httpx.Client, name: str, llm: MockOpenAI, key: str = "sk-good", **extra) -> httpx.Response:
@@ -132,6 +116,19 @@ def test_refresh_reports_a_rejected_key(api, llm):
     response = api.patch(f"/v1/providers/{provider['id']}/refresh")
     assert response.status_code == 400
     assert "Incorrect API key provided" in response.json()["detail"]
+
+
+def test_refresh_during_an_outage_answers_502_and_keeps_the_models(api, shared_db, llm):
+    name = unique("outage")
+    provider = create(api, name, llm).json()
+    before = model_rows(shared_db, provider["id"])
+    assert (f"{name}/mock-chat-1", "llm") in {(m["handle"], m["model_type"]) for m in before}
+    llm.stop()  # the upstream goes away: connections are refused
+    response = api.patch(f"/v1/providers/{provider['id']}/refresh")
+    assert response.status_code == 502, response.text
+    assert name in response.json()["detail"]
+    assert sorted(map(str, model_rows(shared_db, provider["id"]))) == sorted(map(str, before))
+    assert f"{name}/mock-chat-1" in {m["handle"] for m in api.get("/v1/models/", params={"provider_name": name}).json()}
 
 
 def test_delete_removes_rows_and_frees_the_name(api, shared_db, llm):

@@ -56,28 +56,35 @@ def models_of(server: KettaProcess, name: str) -> dict[str, dict[str, Any]]:
     return {m["handle"]: m for m in response.json()}
 
 
-def test_kimi_provider_lists_moonshot_models_with_context_windows(shared_server: KettaProcess, moon: MockMoonshot) -> None:
-    name = unique("kimi")
-    response = create(shared_server, name, moon.base_url)
-    assert response.status_code == 200, response.text
-    assert response.json()["provider_type"] == "kimi"
-    assert GOOD_KEY not in response.text
+def test_kimi_provider_lists_moonshot_models_with_context_windows(shared_server: KettaProcess) -> None:
+    """Moonshot's chat models only (not a proxy's other model), with their context windows, under
+    the provider's name; ?provider_name= gives one provider's models and not another's."""
+    with MockMoonshot(api_key=GOOD_KEY) as own:  # this test's requests only
+        name, other = unique("kimi"), unique("kimi-other")
+        response = create(shared_server, name, own.base_url)
+        assert response.status_code == 200, response.text
+        assert response.json()["provider_type"] == "kimi"
+        assert GOOD_KEY not in response.text
+        assert [(r.method, r.path, r.api_key) for r in own.requests if r.path == "/v1/models"] == [("GET", "/v1/models", GOOD_KEY)]
+        assert create(shared_server, other, own.base_url).status_code == 200
     models = models_of(shared_server, name)
     expected = {f"{name}/{m}": info.get("context_length") or 131072 for m, info in MODELS.items()}
     assert {h: m["max_context_window"] for h, m in models.items()} == expected
     assert f"{name}/{NOT_KIMI}" not in models
-    assert all(m["provider_name"] == name for m in models.values())
-    assert models_of(shared_server, name)  # filter by provider_name gave only this provider's models
-    listing = moon.requests[-1] if moon.requests[-1].path == "/v1/models" else None
-    assert any(r.path == "/v1/models" and r.api_key == GOOD_KEY for r in moon.requests), listing
+    assert {m["provider_name"] for m in models.values()} == {name}
+    assert set(models_of(shared_server, other)) == {f"{other}/{m}" for m in MODELS}
     assert GOOD_KEY not in shared_server.log_text()
 
 
-def test_provider_named_kimi_gives_kimi_slash_model_handles(shared_server: KettaProcess, moon: MockMoonshot) -> None:
-    existing = httpx.get(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, params={"name": "kimi"}, timeout=30).json()
-    if not existing:
-        assert create(shared_server, "kimi", moon.base_url).status_code == 200
-    assert "kimi/kimi-k2-0905-preview" in models_of(shared_server, "kimi")
+def test_provider_named_kimi_gives_kimi_slash_model_handles(shared_server: KettaProcess) -> None:
+    """The provider's name is the handle's first part: a provider named 'kimi' gives 'kimi/...'."""
+    with MockMoonshot(api_key=GOOD_KEY) as own:
+        created = create(shared_server, "kimi", own.base_url)
+    assert created.status_code == 200, created.text
+    try:
+        assert set(models_of(shared_server, "kimi")) == {f"kimi/{m}" for m in MODELS}
+    finally:
+        httpx.delete(f"{shared_server.url}/v1/providers/{created.json()['id']}", headers=shared_server.headers, timeout=60)
 
 
 def test_filter_providers_by_type_kimi(shared_server: KettaProcess, moon: MockMoonshot) -> None:
@@ -135,9 +142,10 @@ def check(server: KettaProcess, base_url: str, key: str) -> httpx.Response:
 
 
 def test_check_endpoint(shared_server: KettaProcess, moon: MockMoonshot) -> None:
+    seen = len(moon.requests)  # the module's mock: only what this test sends counts
     good = check(shared_server, moon.base_url, GOOD_KEY)
     assert good.status_code == 200, good.text
-    assert any(r.path == "/v1/users/me/balance" and r.api_key == GOOD_KEY for r in moon.requests)
+    assert [(r.path, r.api_key) for r in moon.requests[seen:]] == [("/v1/users/me/balance", GOOD_KEY)]
     bad = check(shared_server, moon.base_url, BAD_KEY)
     assert bad.status_code == 401, bad.text
     assert "Invalid Authentication" in bad.text and BAD_KEY not in bad.text
@@ -163,28 +171,49 @@ def test_check_existing_provider(shared_server: KettaProcess, moon: MockMoonshot
     assert "Invalid Authentication" in refused.text
 
 
+def agents_named(server: KettaProcess, name: str) -> list[dict]:
+    response = httpx.get(f"{server.url}/v1/agents/", headers=server.headers, params={"name": name}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def test_kimi_agent_needs_another_providers_embedding(shared_server: KettaProcess, moon: MockMoonshot) -> None:
     name = unique("kimi-agent")
+    model = f"{name}/kimi-k2-0905-preview"
     assert create(shared_server, name, moon.base_url).status_code == 200
-    assert httpx.get(f"{shared_server.url}/v1/models/embedding", headers=shared_server.headers, timeout=30).json() is not None
-    embeddings = [m for m in httpx.get(f"{shared_server.url}/v1/models/embedding", headers=shared_server.headers, timeout=30).json() if m.get("provider_name") == name]
-    assert embeddings == []
+    embeddings = httpx.get(f"{shared_server.url}/v1/models/embedding", headers=shared_server.headers, timeout=30)
+    assert embeddings.status_code == 200 and [m for m in embeddings.json() if m.get("provider_name") == name] == []
+
+    # No embedding given: Ketta's own 400, saying what to pass (stock creates the agent and fails later).
+    bare = unique("a")
     response = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60,
-                          json={"name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "include_base_tools": False})
+                          json={"name": bare, "model": model, "include_base_tools": False})
     assert response.status_code == 400, response.text
-    assert "no embedding models" in response.text and "embedding" in response.text
+    detail = response.text
+    assert f"Model '{model}' is served by Moonshot (Kimi), which has no embedding models" in detail
+    assert "pass 'embedding' with an embedding model of another provider" in detail
+    assert agents_named(shared_server, bare) == []
+
+    # An embedding handle of the Kimi provider does not exist: refused, naming that handle.
+    kimi_handle = f"{name}/text-embedding-3-small"
+    unknown = unique("a")
     kimi_embedding = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60, json={
-        "name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "embedding": f"{name}/text-embedding-3-small"})
+        "name": unknown, "model": model, "embedding": kimi_handle})
     assert 400 <= kimi_embedding.status_code < 500, kimi_embedding.text
+    assert kimi_handle in kimi_embedding.text
+    assert agents_named(shared_server, unknown) == []
+
+    # Another provider's embedding: the agent is made, chatting through Kimi.
     with MockOpenAI(api_key="sk-emb") as embedder:
         emb_name = unique("emb")
         made = httpx.post(f"{shared_server.url}/v1/providers/", headers=shared_server.headers, timeout=60, json={
             "name": emb_name, "provider_type": "openai", "api_key": "sk-emb", "base_url": embedder.base_url})
         assert made.status_code == 200, made.text
         agent = httpx.post(f"{shared_server.url}/v1/agents/", headers=shared_server.headers, timeout=60, json={
-            "name": unique("a"), "model": f"{name}/kimi-k2-0905-preview", "embedding": f"{emb_name}/text-embedding-3-small"})
+            "name": unique("a"), "model": model, "embedding": f"{emb_name}/text-embedding-3-small"})
         assert agent.status_code == 200, agent.text
-        assert agent.json()["llm_config"]["handle"] == f"{name}/kimi-k2-0905-preview"
+        assert agent.json()["llm_config"]["handle"] == model
+        assert agent.json()["embedding_config"]["handle"] == f"{emb_name}/text-embedding-3-small"
 
 
 def test_openapi_lists_kimi(shared_server: KettaProcess) -> None:
@@ -195,6 +224,10 @@ def test_openapi_lists_kimi(shared_server: KettaProcess) -> None:
         ref = next(r["$ref"] for r in ref_holder.get("anyOf", [ref_holder]) if "$ref" in r)
         return schemas[ref.rsplit("/", 1)[1]]["enum"]
 
+    # The enum member is added before Letta builds any schema: every ProviderType schema has it.
+    provider_type_schemas = {name: s for name, s in schemas.items() if name.startswith("ProviderType")}
+    assert provider_type_schemas
+    assert [name for name, s in provider_type_schemas.items() if "kimi" not in s["enum"]] == []
     assert "kimi" in enum_of(schemas["ProviderCreate"]["properties"]["provider_type"])
     assert "kimi" in enum_of(schemas["ProviderCheck"]["properties"]["provider_type"])
     list_filter = next(p for p in spec["paths"]["/v1/providers/"]["get"]["parameters"] if p["name"] == "provider_type")
