@@ -194,23 +194,28 @@ def own_database(pg_uri: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
-    """One Ketta server for the many API tests (each test uses its own provider names)."""
-    home = tmp_path_factory.mktemp("shared-home")
-    with own_database(pg_uri, "shared") as db_uri:
-        env = clean_env(
-            KETTA_HOME=str(home),
-            LETTA_PG_URI=db_uri,
-            KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
-            KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
-        )
-        proc = KettaProcess(env, home / "server.log")
+@contextlib.contextmanager
+def server_of_its_own(pg_uri: str, home: Path, prefix: str, **env: str) -> Iterator[KettaProcess]:
+    """A healthy ketta server on a new database of its own (session and module fixtures); stopped,
+    and its database dropped, afterwards."""
+    with own_database(pg_uri, prefix) as db_uri:
+        proc = KettaProcess(clean_env(KETTA_HOME=str(home), LETTA_PG_URI=db_uri, **env), home / "server.log")
         try:
             proc.wait_healthy()
             yield proc
         finally:
             proc.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
+    """One Ketta server for the many API tests (each test uses its own provider names)."""
+    with server_of_its_own(
+        pg_uri, tmp_path_factory.mktemp("shared-home"), "shared",
+        KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
+        KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")

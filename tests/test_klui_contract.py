@@ -15,11 +15,19 @@ import pytest
 from mock_openai import MockOpenAI
 
 KEY = "sk-klui-key"
+NEW_KEY = "sk-klui-key-edited"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def llm() -> Iterator[MockOpenAI]:
     with MockOpenAI(api_key=KEY) as mock:
+        yield mock
+
+
+@pytest.fixture
+def moved() -> Iterator[MockOpenAI]:
+    """Where the user's edit points the provider: another endpoint that takes another key."""
+    with MockOpenAI(api_key=NEW_KEY) as mock:
         yield mock
 
 
@@ -30,7 +38,7 @@ def klui(shared_server) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_klui_flow_call_by_call(klui, llm):
+def test_klui_flow_call_by_call(klui, llm, moved):
     name = f"Klui {uuid.uuid4().hex[:6]}"
 
     # POST /v1/providers/check: a good key is 200, a bad one is a 4xx with a message.
@@ -49,9 +57,17 @@ def test_klui_flow_call_by_call(klui, llm):
     listed = klui.get("/v1/providers/")
     assert listed.status_code == 200 and provider["id"] in [p["id"] for p in listed.json()]
 
-    # PATCH /v1/providers/{id}
-    patched = klui.patch(f"/v1/providers/{provider['id']}", json={"api_key": KEY, "base_url": llm.base_url})
-    assert patched.status_code == 200 and patched.json()["id"] == provider["id"] and KEY not in patched.text
+    # PATCH /v1/providers/{id}: the edit form sends a new key and base_url; the new endpoint is
+    # asked for its models with the new key, and every later call goes there.
+    llm.clear()
+    patched = klui.patch(f"/v1/providers/{provider['id']}", json={"api_key": NEW_KEY, "base_url": moved.base_url})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["id"] == provider["id"] and patched.json()["base_url"] == moved.base_url
+    assert NEW_KEY not in patched.text
+    assert [r.api_key for r in moved.requests_to("/models")] and {r.api_key for r in moved.requests_to("/models")} == {NEW_KEY}
+    assert llm.requests == []
+    [stored] = [p for p in klui.get("/v1/providers/").json() if p["id"] == provider["id"]]
+    assert stored["base_url"] == moved.base_url
 
     # GET /v1/models/ (+ ?provider_name=, ?provider_category=base|byok)
     handle = f"{name}/mock-chat-1"
@@ -71,8 +87,8 @@ def test_klui_flow_call_by_call(klui, llm):
     assert agent.json()["llm_config"]["handle"] == handle
     assert agent_id in [a["id"] for a in klui.get("/v1/agents/").json()]
 
-    # Messages with streaming (SSE)
-    llm.clear()
+    # Messages with streaming (SSE), through the edited provider
+    moved.clear()
     with klui.stream("POST", f"/v1/agents/{agent_id}/messages/stream",
                      json={"messages": [{"role": "user", "content": "hello"}], "stream_tokens": True}) as stream:
         assert stream.status_code == 200
@@ -81,7 +97,8 @@ def test_klui_flow_call_by_call(klui, llm):
     text = "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message")
     assert "Hello from the mock LLM." in text
     assert any(e.get("message_type") == "stop_reason" for e in events)
-    assert llm.chat_requests() and llm.chat_requests()[-1].api_key == KEY
+    assert moved.chat_requests() and {r.api_key for r in moved.chat_requests()} == {NEW_KEY}
+    assert llm.requests == [], "nothing goes to the endpoint the provider had before the edit"
 
     # DELETE /v1/agents/{id}, DELETE /v1/providers/{id}
     assert klui.delete(f"/v1/agents/{agent_id}").status_code == 200

@@ -9,20 +9,17 @@ KETTA_FUZZ_EXAMPLES examples per operation (default 25; the whole module stays u
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402 - after the importorskip
 
-from conftest import KettaProcess, clean_env  # noqa: E402
-from ketta.database import free_port, sync_url, with_database  # noqa: E402
+from conftest import KettaProcess, server_of_its_own  # noqa: E402
+from ketta.database import free_port  # noqa: E402
 from mock_openai import MockOpenAI  # noqa: E402
 
 EXAMPLES = int(os.environ.get("KETTA_FUZZ_EXAMPLES", "25"))
@@ -37,23 +34,12 @@ def fuzz_llm() -> Iterator[MockOpenAI]:
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
-    home = tmp_path_factory.mktemp("fuzz-home")
-    name = f"fuzz_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(sync_url(with_database(pg_uri, "postgres")), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     dead_proxy = f"http://127.0.0.1:{free_port()}"
-    env = clean_env(KETTA_HOME=str(home), LETTA_PG_URI=with_database(pg_uri, name),
-                    HTTP_PROXY=dead_proxy, HTTPS_PROXY=dead_proxy, ALL_PROXY=dead_proxy,
-                    http_proxy=dead_proxy, https_proxy=dead_proxy, all_proxy=dead_proxy,
-                    NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    proc = KettaProcess(env, Path(home) / "server.log")
-    proc.wait_healthy()
-    yield proc
-    proc.stop()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with server_of_its_own(pg_uri, tmp_path_factory.mktemp("fuzz-home"), "fuzz",
+                           HTTP_PROXY=dead_proxy, HTTPS_PROXY=dead_proxy, ALL_PROXY=dead_proxy,
+                           http_proxy=dead_proxy, https_proxy=dead_proxy, all_proxy=dead_proxy,
+                           NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from mock_openai import MockOpenAI
 
 
-def test_a_stored_key_wins_over_the_env_fallback(shared_server):
+def test_a_stored_key_wins_over_the_env_fallback(api):
     """The shared server runs with KETTA_STORED_WINS_API_KEY set (see conftest): the env key is
     only a fallback for providers without a stored key."""
-    api = shared_server.client()
     with MockOpenAI() as llm:
         created = api.post("/v1/providers/", json={"name": "ketta stored wins", "provider_type": "openai",
                                                    "api_key": "sk-stored-key-wins", "base_url": llm.base_url})
