@@ -301,6 +301,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Asynchronous decryption (what Letta's request paths use) tries the previous keys too.",
     ),
     Mutation(
+        "keyring-ignores-runtime-key",
+        "ketta/keyring.py",
+        "    keys = [current] if current else []",
+        "    keys = []",
+        ("tests/letta_modifications/helpers/test_crypto_utils.py",),
+        "A key Letta encrypts with, set at run time (settings.encryption_key), decrypts what it just encrypted.",
+    ),
+    Mutation(
         "kimi-embedding-rule-off",
         "ketta/letta_modifications/services/agent_manager.py",
         "    if get_settings().kimi_provider:\n        await refuse_kimi_without_embedding",
