@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from ketta import provider_health
@@ -31,6 +31,13 @@ class LastError(BaseModel):
     message: Optional[str] = Field(None, description="The error, with key material removed.")
 
 
+class KimiBalance(BaseModel):
+    available_balance: Optional[float] = Field(None, description="What calls can spend: cash plus vouchers (the account's currency).")
+    voucher_balance: Optional[float] = None
+    cash_balance: Optional[float] = None
+    checked_at: str = Field(..., description="When Moonshot was asked (ISO 8601, UTC).")
+
+
 class ProviderHealth(BaseModel):
     provider_id: str
     provider_name: str
@@ -47,6 +54,8 @@ class ProviderHealth(BaseModel):
     latency_ms: LatencyPercentiles
     last_success_at: Optional[str] = None
     last_error: Optional[LastError] = None
+    balance: Optional[KimiBalance] = Field(None, description="A kimi provider's account balance, with ?balance=true.")
+    balance_error: Optional[str] = Field(None, description="Why the balance asked for could not be read (key refused, Moonshot unreachable).")
     members: Optional[list["ProviderHealth"]] = Field(
         None, description="A pool's members, each with its own health; the pool's state is 'healthy' when all are, 'degraded' when "
         "some are not, 'down'/'cooling_down' when none can take a call. Its latency is the slowest member's; counts are sums."
@@ -68,10 +77,12 @@ HeaderParams, get_headers, get_letta_server = _dependencies()
 @router.get("/{provider_id}/health", response_model=ProviderHealth, operation_id="retrieve_provider_health")
 async def retrieve_provider_health(
     provider_id: str,
+    balance: bool = Query(False, description="Also ask Moonshot for the account balance of a kimi provider (or of a pool's kimi members)."),
     headers: HeaderParams = Depends(get_headers),
     server=Depends(get_letta_server),
 ) -> ProviderHealth:
-    """Health of a provider from the recent calls of every worker: state, error rate, latency, last error."""
+    """Health of a provider from the recent calls of every worker: state, error rate, latency, last error;
+    with ``?balance=true`` a kimi provider's account balance (one request to Moonshot with its stored key)."""
     from letta.server.db import db_registry
 
     actor = await server.user_manager.get_actor_or_default_async(actor_id=headers.actor_id)
@@ -84,6 +95,35 @@ async def retrieve_provider_health(
         from ketta import provider_pools
 
         members = await provider_pools.members_of(actor.organization_id, name)
-        healths = [await provider_health.provider_health(m.id, actor.organization_id, m.name) for m in members]
+        if balance and not any(m.provider_type == KIMI for m in members):
+            raise HTTPException(status_code=400, detail=f"Pool '{name}' has no kimi member: only kimi providers have a balance to show; drop ?balance=true.")
+        healths = []
+        for member in members:
+            health = await provider_health.provider_health(member.id, actor.organization_id, member.name)
+            if balance and member.provider_type == KIMI:
+                health.update(await _balance(server, member.id, actor))
+            healths.append(health)
         return ProviderHealth(**provider_health.pool_summary(provider_id, name, healths))
-    return ProviderHealth(**await provider_health.provider_health(provider_id, actor.organization_id, name))
+    health = await provider_health.provider_health(provider_id, actor.organization_id, name)
+    if balance:
+        if provider_type != KIMI:
+            raise HTTPException(status_code=400, detail=f"Provider '{name}' is of type '{provider_type}': only kimi providers have a balance to show; drop ?balance=true.")
+        health.update(await _balance(server, provider_id, actor))
+    return ProviderHealth(**health)
+
+
+KIMI = "kimi"
+
+
+async def _balance(server, provider_id: str, actor) -> dict:
+    """{"balance": ...} or {"balance_error": why}: never the key, never a failed health answer."""
+    from datetime import datetime, timezone
+
+    try:
+        provider = (await server.provider_manager.get_provider_async(provider_id=provider_id, actor=actor)).cast_to_subtype()
+        data = await provider.account_balance()
+        return {"balance": KimiBalance(**{k: data.get(k) for k in ("available_balance", "voucher_balance", "cash_balance")},
+                                       checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))}
+    except Exception as exc:  # noqa: BLE001 - reported in the answer, scrubbed
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+        return {"balance_error": provider_health.scrub(f"{type(exc).__name__}: {detail}")}

@@ -148,3 +148,44 @@ def test_health_of_another_organizations_provider_is_404(shared_server: KettaPro
         theirs = client.get(f"/v1/providers/{created.json()['id']}/health", headers={"user_id": user.json()["id"]})
     assert mine.status_code == 200
     assert theirs.status_code == 404, theirs.text
+
+
+def test_a_kimi_providers_health_shows_its_balance_when_asked(shared_server: KettaProcess, llm: MockOpenAI) -> None:
+    from mock_moonshot import MockMoonshot
+
+    moon_key = "sk-moon-balance-0123456789"
+    with MockMoonshot(api_key=moon_key) as moon, shared_server.client() as client:
+        suffix = uuid.uuid4().hex[:8]
+        kimi = client.post("/v1/providers/", json={"name": f"kimi-{suffix}", "provider_type": "kimi", "api_key": moon_key, "base_url": moon.base_url})
+        assert kimi.status_code == 200, kimi.text
+        kimi_id = kimi.json()["id"]
+        balance_requests = lambda: [r for r in moon.requests if r.path.endswith("/users/me/balance")]  # noqa: E731
+        asked_before = len(balance_requests())
+
+        plain = client.get(f"/v1/providers/{kimi_id}/health")
+        assert plain.status_code == 200 and plain.json()["balance"] is None
+        assert len(balance_requests()) == asked_before  # not asked unless asked for
+
+        asked = client.get(f"/v1/providers/{kimi_id}/health", params={"balance": "true"})
+        assert asked.status_code == 200, asked.text
+        balance = asked.json()["balance"]
+        assert (balance["available_balance"], balance["voucher_balance"], balance["cash_balance"]) == (49.5, 0, 49.5)
+        assert asked.json()["balance_error"] is None and moon_key not in asked.text
+        assert len(balance_requests()) == asked_before + 1 and balance_requests()[-1].headers["authorization"] == f"Bearer {moon_key}"
+
+        pool = client.post("/v1/pools/", json={"name": f"kimi-pool-{suffix}", "members": [f"kimi-{suffix}"]})
+        assert pool.status_code == 200, pool.text
+        pooled = client.get(f"/v1/providers/{pool.json()['id']}/health", params={"balance": "true"}).json()
+        assert pooled["balance"] is None and pooled["members"][0]["balance"]["available_balance"] == 49.5, pooled
+
+        moon.fail_next.append((401, "invalid_authentication_error", "Invalid Authentication"))
+        refused = client.get(f"/v1/providers/{kimi_id}/health", params={"balance": "true"})
+        assert refused.status_code == 200 and refused.json()["balance"] is None
+        assert "Invalid Authentication" in refused.json()["balance_error"] and moon_key not in refused.text
+        moon.down = True
+        down = client.get(f"/v1/providers/{kimi_id}/health", params={"balance": "true"})
+        assert down.status_code == 200 and "503" in down.json()["balance_error"], down.text
+
+        other = client.post("/v1/providers/", json={"name": f"oai-{suffix}", "provider_type": "openai", "api_key": KEY, "base_url": llm.base_url})
+        not_kimi = client.get(f"/v1/providers/{other.json()['id']}/health", params={"balance": "true"})
+        assert not_kimi.status_code == 400 and "kimi" in not_kimi.json()["detail"]

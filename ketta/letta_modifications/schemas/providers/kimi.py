@@ -158,6 +158,14 @@ class KimiProvider(Provider):
         except MoonshotUnreachable as exc:
             raise HTTPException(status_code=504 if exc.timed_out else 502, detail=str(exc)) from None
 
+    async def account_balance(self) -> dict:
+        """The account's balance (``GET /users/me/balance``'s ``data``: available, voucher and cash
+        balance, in the account's currency). Raises like :meth:`check_api_key`'s request."""
+        data = (await self._get("/users/me/balance")).get("data")
+        if not isinstance(data, dict):
+            raise MoonshotUnreachable(f"Moonshot at {self.base_url} answered the balance request without 'data'")
+        return data
+
     async def list_llm_models_async(self) -> list[LLMConfig]:
         """Moonshot's chat models, or the built-in list (with a warning) when Moonshot is down."""
         try:
