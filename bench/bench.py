@@ -10,17 +10,23 @@ makes two databases on it and gives both the schema of Ketta's baseline migratio
    it; then N messages (``POST /v1/agents/{id}/messages``, non-streaming; one LLM call each, with
    the key looked up for it) are timed one request at a time, alternating between the servers
    (ABBA order), so that drift in machine load weighs on both alike;
-3. providers are created up to 50 on each, and ``GET /v1/models/`` is timed the same way.
+3. providers are created up to 50 on each, and ``GET /v1/models/`` is timed the same way; then the
+   providers are deleted (``DELETE /v1/providers/{id}``), timed alike;
+4. concurrency, each server alone with ``--workers 2`` (stock: ``LETTA_UVICORN_WORKERS=2``):
+   16 clients, each with its own agent, send messages back to back for 60 s; throughput
+   (messages per second) and p50/p99 latency. The order of the servers alternates per run.
 
 Prints a table with the medians and the ratios ketta/letta (below 1: Ketta is faster). Nothing
 leaves the machine: servers get an unroutable proxy for everything but 127.0.0.1.
 
     .venv/bin/python bench/bench.py [--messages 20] [--model-requests 10] [--providers 50] [--starts 2]
+                                    [--clients 16] [--duration 60] [--workers 2] [--concurrent-runs 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -67,6 +73,11 @@ class ServerFigures:
     llm_calls: int = 0
     upstream_calls_per_listing: float = 0.0  # requests to the mock LLM per GET /v1/models/
     provider_create_ms: list[float] = field(default_factory=list)
+    provider_delete_ms: list[float] = field(default_factory=list)
+    concurrent: list[dict[str, float]] = field(default_factory=list)  # one entry per concurrent run
+
+    def concurrent_figure(self, key: str) -> float:
+        return statistics.median(run[key] for run in self.concurrent)
 
     @property
     def cold_start_median_s(self) -> float:
@@ -134,11 +145,12 @@ def timed_ms(action: Callable[[], httpx.Response]) -> float:
     return elapsed
 
 
-def create_provider(http: httpx.Client, name: str, llm: MockOpenAI) -> None:
+def create_provider(http: httpx.Client, name: str, llm: MockOpenAI) -> str:
     response = http.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": PROVIDER_KEY,
                                                  "base_url": llm.base_url})
     if response.status_code != 200:
         raise RuntimeError(f"POST /v1/providers/ answered {response.status_code}: {response.text[:300]}")
+    return response.json()["id"]
 
 
 def listed_handles(http: httpx.Client, provider_name: str, base_url: str) -> tuple[str, str]:
@@ -171,17 +183,21 @@ class Session:
                               json={"messages": [{"role": "user", "content": f"Message number {i}."}]})
 
 
+def make_agent(http: httpx.Client, chat_handle: str, embedding_handle: str) -> str:
+    agent = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
+                                           "model": chat_handle, "embedding": embedding_handle,
+                                           "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
+    if agent.status_code != 200:
+        raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
+    return agent.json()["id"]
+
+
 def set_up(session: Session, llm: MockOpenAI) -> None:
     """A provider on the mock LLM and an agent on the chat handle the server lists for it."""
     provider_name = "bench-provider-00"
     create_provider(session.http, provider_name, llm)
     session.figures.chat_handle, embedding_handle = listed_handles(session.http, provider_name, llm.base_url)
-    agent = session.http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
-                                                   "model": session.figures.chat_handle, "embedding": embedding_handle,
-                                                   "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
-    if agent.status_code != 200:
-        raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
-    session.agent_id = agent.json()["id"]
+    session.agent_id = make_agent(session.http, session.figures.chat_handle, embedding_handle)
 
 
 def alternating(sessions: list[Session], rounds: int) -> Iterator[tuple[int, Session]]:
@@ -208,9 +224,10 @@ def measure(sessions: list[Session], llm: MockOpenAI, args: argparse.Namespace) 
     for session in sessions:
         session.figures.llm_calls = args.messages
 
+    created: dict[str, list[str]] = {session.figures.name: [] for session in sessions}
     for index, session in alternating(sessions, args.providers - 1):
         start = time.perf_counter()
-        create_provider(session.http, f"bench-provider-{index + 1:02d}", llm)
+        created[session.figures.name].append(create_provider(session.http, f"bench-provider-{index + 1:02d}", llm))
         session.figures.provider_create_ms.append((time.perf_counter() - start) * 1000)
     for _, session in alternating(sessions, args.warmup):
         session.http.get("/v1/models/").raise_for_status()
@@ -220,6 +237,57 @@ def measure(sessions: list[Session], llm: MockOpenAI, args: argparse.Namespace) 
     for session in sessions:
         session.figures.upstream_calls_per_listing = len(llm.requests) / (len(sessions) * args.model_requests)
         session.figures.models_listed = len(session.http.get("/v1/models/").json())
+    for index, session in alternating(sessions, args.providers - 1):
+        provider_id = created[session.figures.name][index]
+        session.figures.provider_delete_ms.append(timed_ms(lambda: session.http.delete(f"/v1/providers/{provider_id}")))
+
+
+async def _load(url: str, agent_ids: list[str], duration_s: float) -> tuple[list[float], int, float]:
+    """Every client sends messages to its own agent back to back; (latencies ms, errors, seconds)."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + duration_s
+
+    async def client(agent_id: str) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+            i = 0
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                response = await http.post(f"/v1/agents/{agent_id}/messages",
+                                           json={"messages": [{"role": "user", "content": f"Concurrent message {i}."}]})
+                if response.status_code == 200:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                else:
+                    errors += 1
+                i += 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(client(agent_id) for agent_id in agent_ids))
+    return latencies, errors, time.monotonic() - began
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
+
+
+def measure_concurrency(server: ServerProcess, figures: ServerFigures, llm: MockOpenAI, args: argparse.Namespace) -> None:
+    """``args.clients`` clients for ``args.duration`` seconds against one server (alone on the machine)."""
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        name = f"bench-load-{uuid.uuid4().hex[:6]}"
+        create_provider(http, name, llm)
+        chat_handle, embedding_handle = listed_handles(http, name, llm.base_url)
+        agent_ids = [make_agent(http, chat_handle, embedding_handle) for _ in range(args.clients)]
+    asyncio.run(_load(server.url, agent_ids, min(5.0, args.duration)))  # warm every worker
+    latencies, errors, elapsed = asyncio.run(_load(server.url, agent_ids, args.duration))
+    if not latencies:
+        raise RuntimeError(f"{figures.name}: no message succeeded under load ({errors} errors)")
+    run = {"throughput_per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 0.50),
+           "p99_ms": percentile(latencies, 0.99), "messages": len(latencies), "errors": errors}
+    figures.concurrent.append(run)
+    print(f"{figures.name}: {args.clients} clients, {args.duration:g}s: {run['throughput_per_s']:.2f} msg/s, "
+          f"p50 {run['p50_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms, {errors} errors", flush=True)
 
 
 def prepare_databases(work: Path) -> tuple[Any, dict[str, str]]:
@@ -256,7 +324,19 @@ def print_table(letta: ServerFigures, ketta: ServerFigures, args: argparse.Names
         (f"message round trip, median of {args.messages} (ms)", letta.message_median_ms, ketta.message_median_ms, "{:.0f}"),
         (f"GET /v1/models/, {args.providers} providers, median of {args.model_requests} (ms)",
          letta.models_median_ms, ketta.models_median_ms, "{:.1f}"),
+        (f"POST /v1/providers/, median of {len(ketta.provider_create_ms)} (ms)", statistics.median(letta.provider_create_ms),
+         statistics.median(ketta.provider_create_ms), "{:.0f}"),
+        (f"DELETE /v1/providers/{{id}}, median of {len(ketta.provider_delete_ms)} (ms)",
+         statistics.median(letta.provider_delete_ms), statistics.median(ketta.provider_delete_ms), "{:.0f}"),
     ]
+    if ketta.concurrent and letta.concurrent:
+        load = f"{args.clients} clients, {args.workers} workers, {args.duration:g}s"
+        rows += [
+            (f"throughput, {load} (msg/s; ratio > 1: Ketta is faster)", letta.concurrent_figure("throughput_per_s"),
+             ketta.concurrent_figure("throughput_per_s"), "{:.2f}"),
+            ("message p50 under load (ms)", letta.concurrent_figure("p50_ms"), ketta.concurrent_figure("p50_ms"), "{:.0f}"),
+            ("message p99 under load (ms)", letta.concurrent_figure("p99_ms"), ketta.concurrent_figure("p99_ms"), "{:.0f}"),
+        ]
     width = max(len(r[0]) for r in rows)
     print()
     print(f"{'':<{width}}  {'letta':>9}  {'ketta':>9}  {'ketta/letta':>11}")
@@ -265,12 +345,12 @@ def print_table(letta: ServerFigures, ketta: ServerFigures, args: argparse.Names
     print()
     print(f"agent type {AGENT_TYPE}; chat handles: letta {letta.chat_handle!r}, ketta {ketta.chat_handle!r}")
     print(f"models listed: letta {letta.models_listed}, ketta {ketta.models_listed}; calls to the mock LLM per "
-          f"listing: letta {letta.upstream_calls_per_listing:g}, ketta {ketta.upstream_calls_per_listing:g}; "
-          f"POST /v1/providers/ median (ms): letta {statistics.median(letta.provider_create_ms or [0]):.0f}, "
-          f"ketta {statistics.median(ketta.provider_create_ms or [0]):.0f}")
+          f"listing: letta {letta.upstream_calls_per_listing:g}, ketta {ketta.upstream_calls_per_listing:g}")
+    if ketta.concurrent:
+        print(f"under load: letta {letta.concurrent}, ketta {ketta.concurrent}")
     print(f"cold starts (s): letta {[round(s, 1) for s in letta.cold_starts_s]}, ketta {[round(s, 1) for s in ketta.cold_starts_s]}")
     print("ratio < 1: Ketta is faster. Cold starts: each server alone, order alternating. The rest: both servers up on one\n"
-          "embedded PostgreSQL, one request at a time, alternating between them.")
+          "embedded PostgreSQL, one request at a time, alternating between them. Under load: each server alone.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--providers", type=int, default=50, help="providers present while listing models (default 50)")
     parser.add_argument("--starts", type=int, default=2, help="cold starts per server (default 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests before each measurement (default 2)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients in the load phase (default 16)")
+    parser.add_argument("--duration", type=float, default=60, help="seconds of load per server and run (default 60; 0 skips)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of both servers under load (default 2)")
+    parser.add_argument("--concurrent-runs", type=int, default=1, help="load runs per server, order alternating (default 1)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     args = parser.parse_args(argv)
@@ -299,13 +383,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in commands:
             (work / f"{name}-home").mkdir()
 
-        def launch(name: str, run: int) -> ServerProcess:
+        def launch(name: str, run: int, workers: int = 1) -> ServerProcess:
             home = work / f"{name}-home"
             port = free_port()
             env = server_env(LETTA_PG_URI=uris[name], KETTA_HOME=str(home), HOME=str(home))
+            command = [*commands[name], "--port", str(port)]
+            if workers > 1:
+                if name == "letta":
+                    env["LETTA_UVICORN_WORKERS"] = str(workers)
+                else:
+                    command += ["--workers", str(workers)]
             what = f"cold start {run + 1}/{args.starts}" if run < args.starts else "measurements"
+            if workers > 1:
+                what = f"load, {workers} workers"
             print(f"{name}: {Path(commands[name][0]).name} server --port {port} ({what})", flush=True)
-            return ServerProcess([*commands[name], "--port", str(port)], env, port, work / f"{name}-{run}.log")
+            return ServerProcess(command, env, port, work / f"{name}-{run}-w{workers}.log")
 
         # Cold starts: each server alone, the order flipped every run (letta, ketta, ketta, letta, ...).
         names = list(commands)
@@ -328,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for server in servers.values():
                     server.stop()
+            # Under load: each server alone with several workers, the order flipped every run.
+            for run in range(args.concurrent_runs if args.duration > 0 else 0):
+                for name in (names if run % 2 == 0 else list(reversed(names))):
+                    server = launch(name, args.starts + 1 + run, workers=args.workers)
+                    try:
+                        server.wait_healthy()
+                        measure_concurrency(server, results[name], llm, args)
+                    finally:
+                        server.stop()
         for name in names:
             figures = results[name]
             print(f"{name}: cold start {figures.cold_start_median_s:.1f}s, message {figures.message_median_ms:.0f} ms, "

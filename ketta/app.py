@@ -8,6 +8,7 @@ modules are imported, so the database is settled and the patches applied before
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -76,19 +77,30 @@ _server_token: str | None = None
 
 
 def _stopping_embedded_database(lifespan: Callable) -> Callable:
-    """Letta's lifespan, then a clean stop of the embedded PostgreSQL this process started.
+    """Letta's lifespan, then the shared LLM clients and the database pool closed and a clean
+    stop of the embedded PostgreSQL this process started.
 
     Stopping at ASGI shutdown works under any server: uvicorn re-raises SIGTERM after its
-    graceful shutdown, which would kill the process before ``atexit`` handlers run.
+    graceful shutdown, which would kill the process before ``atexit`` handlers run. Letta's own
+    shutdown steps get at most KETTA_SHUTDOWN_GRACE seconds, so a stuck one cannot hold the exit.
     """
 
     @asynccontextmanager
     async def lifespan_then_stop(app: FastAPI) -> AsyncIterator[Any]:
         from ketta import database
 
-        async with lifespan(app) as state:
+        letta_lifespan = lifespan(app)
+        state = await letta_lifespan.__aenter__()
+        try:
             yield state
-        database.stop_embedded()
+        finally:
+            grace = get_settings().shutdown_grace
+            try:
+                await asyncio.wait_for(letta_lifespan.__aexit__(None, None, None), timeout=max(grace, 1.0))
+            except asyncio.TimeoutError:
+                log.warning("Letta's shutdown steps took over %.0f s (KETTA_SHUTDOWN_GRACE); going on", grace)
+            await _close_pools()
+            database.stop_embedded()
 
     return lifespan_then_stop
 
@@ -113,6 +125,18 @@ def _import_letta_app(server_token: str | None) -> FastAPI:
             else:
                 os.environ["LETTA_SERVER_PASSWORD"] = before
     return app
+
+async def _close_pools() -> None:
+    """Close the shared LLM HTTP clients and this process's database pool."""
+    from ketta import llm_http
+
+    await llm_http.aclose_all()
+    try:
+        from letta.server.db import close_db
+
+        await asyncio.wait_for(close_db(), timeout=5)
+    except Exception as exc:  # noqa: BLE001 - shutdown goes on
+        log.warning("closing the database pool failed: %s", exc)
 
 
 def create_app() -> FastAPI:
@@ -142,6 +166,10 @@ def create_app() -> FastAPI:
         user_tokens.mount(app)
         if _server_token is not None:
             auth.install(app, _server_token, user_tokens.resolve)
+        if get_settings().cancel_on_disconnect:
+            from ketta.disconnect import CancelOnDisconnect
+
+            app.add_middleware(CancelOnDisconnect)
         app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
         cors.outermost(app)  # last: preflights pass before any login middleware added above
         _app = app

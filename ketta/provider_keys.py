@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -33,6 +33,8 @@ class ProviderRow:
     encrypted_key: str | None = None
     provider_type: str | None = None
     base_url: str | None = None
+    decrypted: bool = False  # ``key`` holds the decrypted stored key (None: none stored)
+    key: str | None = None
 
 
 _MISSING = ProviderRow(found=False)
@@ -72,14 +74,20 @@ def _read_row_sync(provider_name: str, organization_id: str) -> ProviderRow:
 
 
 async def provider_row_async(provider_name: str, organization_id: str) -> ProviderRow:
-    """The provider's row, as read earlier in this request or now."""
+    """The provider's row, as read earlier in this request or now (then kept for the request)."""
     from letta.server.db import db_registry
 
     remembered = _remembered(provider_name, organization_id)
     if remembered is not None:
         return remembered
     async with db_registry.async_session() as session:
-        return _as_row((await session.execute(_ROW_QUERY, {"name": provider_name, "org": organization_id})).first())
+        row = _as_row((await session.execute(_ROW_QUERY, {"name": provider_name, "org": organization_id})).first())
+    return _remember(provider_name, organization_id, row)
+
+
+def remembered_row(provider_name: str, organization_id: str) -> ProviderRow | None:
+    """The row read earlier in this request, None if it was not read yet (no I/O)."""
+    return _remembered(provider_name, organization_id)
 
 
 def _with_fallback(key: str | None, provider_name: str) -> str | None:
@@ -100,8 +108,10 @@ async def lookup_async(provider_name: str, organization_id: str, handle: str | N
     row = await provider_row_async(provider_name, organization_id)
     if not row.found:
         raise ProviderMissing(provider_name, handle)
-    key = await Secret.from_encrypted(row.encrypted_key).get_plaintext_async() if row.encrypted_key else None
-    return _with_fallback(key, provider_name), row
+    if not row.decrypted:
+        key = await Secret.from_encrypted(row.encrypted_key).get_plaintext_async() if row.encrypted_key else None
+        row = _remember(provider_name, organization_id, replace(row, decrypted=True, key=key))
+    return _with_fallback(row.key, provider_name), row
 
 
 def lookup(provider_name: str, organization_id: str, handle: str | None = None) -> tuple[str | None, ProviderRow]:
@@ -111,6 +121,8 @@ def lookup(provider_name: str, organization_id: str, handle: str | None = None) 
     row = _remembered(provider_name, organization_id) or _read_row_sync(provider_name, organization_id)
     if not row.found:
         raise ProviderMissing(provider_name, handle)
+    if row.decrypted:  # looked up asynchronously earlier in this request: no decryption on the loop
+        return _with_fallback(row.key, provider_name), row
     return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name), row
 
 
@@ -165,4 +177,11 @@ def require_provider(provider_name: str, organization_id: str, handle: str | Non
     """ProviderMissing (400) unless the organization has a provider of that name; the row is
     kept for the rest of this request's LLM calls."""
     if not _remember(provider_name, organization_id, _read_row_sync(provider_name, organization_id)).found:
+        raise ProviderMissing(provider_name, handle)
+
+
+async def require_provider_async(provider_name: str, organization_id: str, handle: str | None = None) -> None:
+    """ProviderMissing (400) unless the organization has a provider of that name; the row is
+    kept for the rest of this request's LLM calls."""
+    if not (await provider_row_async(provider_name, organization_id)).found:
         raise ProviderMissing(provider_name, handle)

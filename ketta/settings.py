@@ -86,6 +86,20 @@ class KettaSettings(BaseSettings):
     )
     insecure_no_login: bool = Field(default=False, description="Serve every request without a token (login off). Only on a trusted network.")
     contain_letta_files: bool = Field(default=True, description="Letta's files live under KETTA_HOME (0700, secrets 0600); no ~/.letta/config, no openapi_letta.json in the working directory.")
+    bounded_llm_calls: bool = Field(
+        default=True,
+        description="LLM/embedding calls share one pooled HTTP client per endpoint, with Ketta's timeouts and retry budget.",
+    )
+    llm_connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect to an LLM/embedding endpoint.")
+    llm_read_timeout: float = Field(default=120.0, gt=0, description="Seconds an LLM/embedding endpoint may stay silent (between bytes).")
+    llm_max_retries: int = Field(default=1, ge=0, le=10, description="Retries of a failed LLM/embedding call (connection error, timeout, 408/429/5xx).")
+    cancel_on_disconnect: bool = Field(default=True, description="A request's work (and its LLM call) is cancelled when its client disconnects.")
+    shutdown_grace: float = Field(default=10.0, ge=0, description="Seconds SIGTERM/SIGINT waits for running requests before cancelling them.")
+    db_pool: bool = Field(default=True, description="Ketta's own database engine: a connection pool with pre-ping, instead of Letta's.")
+    db_pool_size: int = Field(default=20, ge=1, description="Database connections kept open per process.")
+    db_max_overflow: int = Field(default=20, ge=0, description="Extra connections a process may open under load beyond the pool size.")
+    db_pool_recycle: int = Field(default=300, ge=1, description="Seconds after which a pooled connection is replaced.")
+    db_pgbouncer: bool = Field(default=False, description="The database is reached through PgBouncer in transaction mode (no prepared-statement cache).")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")

@@ -14,6 +14,10 @@ It speaks the real wire format, so Letta's own OpenAI client talks to it unchang
 Every request is recorded (method, path, headers, JSON body) so a test can assert what reached
 the LLM endpoint. With ``api_key`` set, any other bearer token gets OpenAI's 401 body.
 
+With ``hang=True`` a chat completion is read and never answered (an upstream that accepted the
+request and went silent): the handler waits until the caller closes the connection, and
+:attr:`MockOpenAI.hangs` says when each hanging request arrived and when its caller gave up.
+
 Usage::
 
     with MockOpenAI(api_key="sk-test") as llm:
@@ -26,6 +30,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import select
+import socket
 import struct
 import threading
 import time
@@ -53,12 +59,22 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # keys lower-cased
     body: Any  # parsed JSON, or None when the body was empty or not JSON
+    client_port: int = 0  # the caller's TCP port: equal ports = one kept-alive connection
 
     @property
     def api_key(self) -> str | None:
         """The bearer token of the ``Authorization`` header, if any."""
         auth = self.headers.get("authorization", "")
         return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+
+@dataclass
+class Hang:
+    """A chat completion the mock never answered: when it arrived, when its caller closed the
+    connection (None while it still waits), both ``time.monotonic()``."""
+
+    arrived_at: float
+    closed_at: float | None = None
 
 
 @dataclass
@@ -98,8 +114,12 @@ class MockOpenAI:
     api_keys: tuple[str, ...] = ()  # more keys accepted besides api_key (one mock serving several accounts)
     rate_limit: int | None = None  # chat completions per key and window; more answer 429 with Retry-After
     rate_window_s: float = 60.0  # the rate limit's fixed window, from a key's first request in it
+    hang: bool = False  # chat completions are never answered (see the module docstring)
 
     def __post_init__(self) -> None:
+        self._hangs: list[Hang] = []
+        self._hang_changed = threading.Condition()
+        self._stopping = threading.Event()
         self._requests: list[RecordedRequest] = []
         self._errors: list[QueuedError] = []
         self._stream_failures: list[StreamFailure] = []
@@ -128,6 +148,7 @@ class MockOpenAI:
         """Stop serving and free the port; safe to call twice."""
         if self._server is None:
             return
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -166,6 +187,39 @@ class MockOpenAI:
     def chat_requests(self) -> list[RecordedRequest]:
         """The ``POST /v1/chat/completions`` requests received so far."""
         return self.requests_to("/chat/completions", "POST")
+
+    @property
+    def hangs(self) -> list["Hang"]:
+        """The chat completions left hanging so far, oldest first."""
+        with self._hang_changed:
+            return list(self._hangs)
+
+    def wait_for_hangs(self, count: int, timeout_s: float = 60, closed: bool = False) -> list["Hang"]:
+        """Block until ``count`` requests are hanging (``closed``: and their callers went away)."""
+        def ready() -> bool:
+            return len([h for h in self._hangs if not closed or h.closed_at is not None]) >= count
+
+        with self._hang_changed:
+            if not self._hang_changed.wait_for(ready, timeout=timeout_s):
+                raise TimeoutError(f"{count} hanging request(s) (closed={closed}) not seen within {timeout_s}s: {self._hangs}")
+            return list(self._hangs)
+
+    def _hang_until_caller_leaves(self, connection: Any) -> None:
+        hang = Hang(arrived_at=time.monotonic())
+        with self._hang_changed:
+            self._hangs.append(hang)
+            self._hang_changed.notify_all()
+        while not self._stopping.is_set():
+            readable, _, _ = select.select([connection], [], [], 0.1)
+            if readable:
+                try:
+                    if not connection.recv(1, socket.MSG_PEEK):
+                        break  # the caller closed its end
+                except OSError:
+                    break
+        with self._hang_changed:
+            hang.closed_at = time.monotonic()
+            self._hang_changed.notify_all()
 
     def clear(self) -> None:
         """Forget the recorded requests (and any queued errors)."""
@@ -299,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         body = self._read_body() if method == "POST" else None
         headers = {k.lower(): v for k, v in self.headers.items()}
-        request = RecordedRequest(method=method, path=self.path, headers=headers, body=body)
+        request = RecordedRequest(method=method, path=self.path, headers=headers, body=body, client_port=self.client_address[1])
         queued = self.mock._record(request)
         if self.mock.api_key is not None and request.api_key != self.mock.api_key and request.api_key not in self.mock.api_keys:
             self._send_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
@@ -347,6 +401,10 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model")
         if model not in self.mock.chat_models:
             self._send_error(404, f"The model '{model}' does not exist", "invalid_request_error", "model_not_found")
+            return
+        if self.mock.hang:
+            self.mock._hang_until_caller_leaves(self.connection)
+            self.close_connection = True
             return
         if self.mock.latency_s:
             time.sleep(self.mock.latency_s)

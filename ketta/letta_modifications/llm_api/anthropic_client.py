@@ -25,6 +25,7 @@ from letta.llm_api.anthropic_client import AnthropicClient
 from letta.schemas.llm_config import LLMConfig
 
 from ketta import patching, provider_keys
+from ketta.llm_http import ANTHROPIC_DEFAULT_BASE_URL, bounded_init
 from ketta.patching import Patch
 from ketta.url_guard import with_guarded_transport
 
@@ -113,6 +114,10 @@ WHY = ("Anthropic-type providers with a base_url (Anthropic-compatible endpoints
        "streaming and tool use included; the stored base_url is read per call.")
 
 
+ASYNC_TARGET = "anthropic._client:AsyncAnthropic.__init__"
+SYNC_TARGET = "anthropic._client:Anthropic.__init__"
+BOUNDED_WHY = "Anthropic calls reuse one HTTP client per endpoint and are bounded by KETTA_LLM_CONNECT_TIMEOUT/READ_TIMEOUT/MAX_RETRIES."
+
 PATCHES = [
     Patch(
         target="anthropic._base_client:AsyncHttpxClientWrapper",
@@ -136,4 +141,8 @@ PATCHES = [
           fingerprint="d75a55d4fb4e3d45", setting="unified_providers", why=WHY),
     Patch(target=f"{TARGET}._get_anthropic_client_async", replacement=_get_anthropic_client_async,
           fingerprint="f773d66b4c47cc08", setting="unified_providers", why=WHY),
+    Patch(target=ASYNC_TARGET, replacement=bounded_init(ASYNC_TARGET, "httpx2", True, "ANTHROPIC_BASE_URL", ANTHROPIC_DEFAULT_BASE_URL),
+          fingerprint="f8692b3323b7bce5", setting="bounded_llm_calls", why=BOUNDED_WHY),
+    Patch(target=SYNC_TARGET, replacement=bounded_init(SYNC_TARGET, "httpx2", False, "ANTHROPIC_BASE_URL", ANTHROPIC_DEFAULT_BASE_URL),
+          fingerprint="d413ca111724e5b8", setting="bounded_llm_calls", why=BOUNDED_WHY),
 ]

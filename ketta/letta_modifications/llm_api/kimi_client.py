@@ -47,6 +47,7 @@ from letta.schemas.openai.chat_completion_response import ChatCompletionResponse
 from letta.settings import INNER_THOUGHTS_KWARG
 
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE, is_thinking_model
+from ketta.llm_http import timeout_error
 from ketta.provider_keys import provider_type_async
 
 logger = get_logger("ketta.kimi")
@@ -475,7 +476,10 @@ class KimiClient(OpenAIClient):
         return response
 
     def handle_llm_error(self, e: Exception, llm_config: Optional[LLMConfig] = None) -> Exception:
-        """Moonshot's 429 kinds and content filter as Letta errors with Moonshot's text."""
+        """Moonshot's 429 kinds and content filter as Letta errors with Moonshot's text; a timeout
+        (Ketta's bounds, see ketta.llm_http) as a 504 naming the provider."""
+        if isinstance(e, openai.APITimeoutError) and llm_config is not None:
+            return timeout_error(llm_config.provider_name, llm_config.model_endpoint, e)
         moonshot_configs = self.__dict__.get("_ketta_moonshot_configs", set())
         if llm_config is not None and llm_config.handle in moonshot_configs:
             mapped = moonshot_error(e, llm_config)

@@ -1,5 +1,7 @@
 """Patches of ``letta/llm_api/openai_client.py``: embedding calls use their provider's stored key;
-every OpenAI SDK client connects through Ketta's URL guard.
+every OpenAI SDK client connects through Ketta's URL guard, is bounded and reuses its
+endpoint's HTTP client (:mod:`ketta.llm_http`: constructors of ``AsyncOpenAI``/``OpenAI`` get the
+shared client, Ketta's timeouts and retry budget; the shared clients use the guarded transport).
 
 Stock Letta sends embedding requests with OPENAI_API_KEY from the environment only.
 The provider is the first part of the embedding handle ('{provider name}/{model}').
@@ -18,7 +20,8 @@ import openai._base_client as sdk
 from ketta import patching
 from ketta.patching import Patch
 from ketta.key_binding import endpoint_for_call
-from ketta.provider_keys import lookup
+from ketta.llm_http import OPENAI_DEFAULT_BASE_URL, bounded_init
+from ketta.provider_keys import lookup, lookup_key_async
 from ketta.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
@@ -54,6 +57,23 @@ class GuardedSyncHttpxClientWrapper(sdk.SyncHttpxClientWrapper):
 
 GUARD_WHY = "OpenAI SDK clients Letta builds connect only to addresses the URL guard allows (private hosts, DNS rebinding, redirects)."
 
+ASYNC_SDK_TARGET = "openai._client:AsyncOpenAI.__init__"
+SYNC_SDK_TARGET = "openai._client:OpenAI.__init__"
+EMBEDDINGS_TARGET = "letta.llm_api.openai_client:OpenAIClient.request_embeddings"
+SDK_PATCH_WHY = ("LLM calls reuse one HTTP client per endpoint (no new pool, TLS context and CA bundle per call) and are "
+                 "bounded by KETTA_LLM_CONNECT_TIMEOUT/READ_TIMEOUT/MAX_RETRIES instead of the SDK's 600 s and retries.")
+
+
+async def request_embeddings(self: OpenAIClient, inputs: list[str], embedding_config: EmbeddingConfig) -> list[list[float]]:
+    """Look the embedding provider's key up asynchronously first: the synchronous
+    ``_prepare_client_kwargs_embedding`` (above) then finds it without a query or a decryption
+    on the event loop."""
+    handle = embedding_config.handle or ""
+    if "/" in handle and self.actor is not None:
+        await lookup_key_async(handle.split("/", 1)[0], self.actor.organization_id, handle)
+    return await patching.original(EMBEDDINGS_TARGET)(self, inputs, embedding_config)
+
+
 PATCHES = [
     Patch(
         target=TARGET,
@@ -76,4 +96,15 @@ PATCHES = [
         setting="url_guard",
         why=GUARD_WHY,
     ),
+    Patch(
+        target=EMBEDDINGS_TARGET,
+        replacement=request_embeddings,
+        fingerprint="d66bf9aad09930cf",
+        setting="unified_providers",
+        why="The embedding provider's key is read and decrypted off the event loop before Letta's synchronous client set-up.",
+    ),
+    Patch(target=ASYNC_SDK_TARGET, replacement=bounded_init(ASYNC_SDK_TARGET, "httpx", True, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
+          fingerprint="d344730b9de46aee", setting="bounded_llm_calls", why=SDK_PATCH_WHY),
+    Patch(target=SYNC_SDK_TARGET, replacement=bounded_init(SYNC_SDK_TARGET, "httpx", False, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
+          fingerprint="92ca416353eee20b", setting="bounded_llm_calls", why=SDK_PATCH_WHY),
 ]

@@ -25,7 +25,7 @@ from ketta import patching
 from ketta.key_binding import check_agent_configs
 from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.patching import Patch
-from ketta.provider_keys import provider_type_async
+from ketta.provider_keys import provider_row_async, provider_type_async
 from ketta.settings import get_settings
 from ketta.url_guard import check_url_async
 
@@ -75,7 +75,28 @@ async def update_agent_async(self: AgentManager, agent_id: str, agent_update: Up
     return await patching.original(UPDATE_TARGET)(self, agent_id, agent_update, actor, *args, **kwargs)
 
 
+GET_TARGET = "letta.services.agent_manager:AgentManager.get_agent_by_id_async"
+
+
+async def get_agent_by_id_async(self: AgentManager, agent_id: str, actor: User, *args: Any, **kwargs: Any) -> AgentState:
+    """The agent, as Letta loads it, with its provider's row read for this request: every message
+    endpoint loads its agent before building the agent loop, so the synchronous AgentLoop.load
+    checks the provider without a query on the event loop, and the LLM calls reuse the row."""
+    agent = await patching.original(GET_TARGET)(self, agent_id, actor, *args, **kwargs)
+    llm_config = agent.llm_config
+    if llm_config is not None and llm_config.provider_name and actor is not None:
+        await provider_row_async(llm_config.provider_name, actor.organization_id)
+    return agent
+
+
 PATCHES = [
+    Patch(
+        target=GET_TARGET,
+        replacement=get_agent_by_id_async,
+        fingerprint="707689f4ae129e8b",
+        setting="unified_providers",
+        why="Loading an agent reads its provider row asynchronously, so AgentLoop.load checks it without a query on the event loop.",
+    ),
     Patch(
         target=CREATE_TARGET,
         replacement=create_agent_async,
