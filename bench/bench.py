@@ -58,6 +58,10 @@ AGENT_TYPE = "letta_v1_agent"
 SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
                      "TOGETHER_", "DEEPSEEK_", "XAI_", "MISTRAL_", "AZURE_", "OPENROUTER_", "VLLM_", "SENTRY_")
 DEAD_PROXY = "http://127.0.0.1:9"  # connection refused: any download attempt fails locally
+# Ketta asks for a token by default (login on); stock Letta gets the same header and ignores it
+# (it checks a password only with --secure). Both servers get LETTA_SERVER_PASSWORD = this.
+BENCH_TOKEN = "bench-token-0123456789abcdef"
+AUTH_HEADERS = {"Authorization": f"Bearer {BENCH_TOKEN}"}
 
 
 @dataclass
@@ -99,6 +103,7 @@ def server_env(**overrides: str) -> dict[str, str]:
         env[name] = DEAD_PROXY
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["KETTA_ALLOW_PRIVATE_HOSTS"] = "127.0.0.1"  # Ketta's URL guard: the mock LLM is on this machine
+    env["LETTA_SERVER_PASSWORD"] = BENCH_TOKEN
     env.update(overrides)
     return env
 
@@ -250,7 +255,7 @@ async def _load(url: str, agent_ids: list[str], duration_s: float) -> tuple[list
 
     async def client(agent_id: str) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=300, headers=AUTH_HEADERS) as http:
             i = 0
             while time.monotonic() < deadline:
                 start = time.perf_counter()
@@ -274,7 +279,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def measure_concurrency(server: ServerProcess, figures: ServerFigures, llm: MockOpenAI, args: argparse.Namespace) -> None:
     """``args.clients`` clients for ``args.duration`` seconds against one server (alone on the machine)."""
-    with httpx.Client(base_url=server.url, timeout=120) as http:
+    with httpx.Client(base_url=server.url, timeout=120, headers=AUTH_HEADERS) as http:
         name = f"bench-load-{uuid.uuid4().hex[:6]}"
         create_provider(http, name, llm)
         chat_handle, embedding_handle = listed_handles(http, name, llm.base_url)
@@ -415,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 sessions = []
                 for name, server in servers.items():
                     server.wait_healthy()
-                    sessions.append(Session(results[name], server, httpx.Client(base_url=server.url, timeout=120)))
+                    sessions.append(Session(results[name], server, httpx.Client(base_url=server.url, timeout=120, headers=AUTH_HEADERS)))
                 measure(sessions, llm, args)
             finally:
                 for server in servers.values():

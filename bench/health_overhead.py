@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             sessions = []
             for name, server in servers.items():
                 server.wait_healthy()
-                session = bench.Session(bench.ServerFigures(name=name), server, httpx.Client(base_url=server.url, timeout=120))
+                session = bench.Session(bench.ServerFigures(name=name), server, httpx.Client(base_url=server.url, timeout=120, headers=bench.AUTH_HEADERS))
                 bench.set_up(session, llm)
                 sessions.append(session)
             for i, session in bench.alternating(sessions, args.warmup):

@@ -101,7 +101,9 @@ async def list_upstream_models(typed: Provider, name: str) -> tuple[list[LLMConf
     UpstreamUnavailable (502/504) for an outage, and lets a provider's own HTTPException through."""
     try:
         async with asyncio.timeout(UPSTREAM_TIMEOUT_S):
-            return await typed.list_llm_models_async(), await typed.list_embedding_models_async()
+            # Both listings at once (most types ask the same /models endpoint twice): create and refresh wait once.
+            llm_models, embedding_models = await asyncio.gather(typed.list_llm_models_async(), typed.list_embedding_models_async())
+            return llm_models, embedding_models
     except HTTPException:
         raise
     except Exception as exc:  # noqa: BLE001 - classified below
