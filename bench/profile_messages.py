@@ -3,7 +3,7 @@
 Starts ``ketta server`` (of this venv, or ``--ketta`` naming another checkout's ``ketta``) on an
 embedded PostgreSQL of its own, gives it an ``openai`` provider on a local mock LLM
 (tests/mock_openai.py, 127.0.0.1, answers at once) and an agent, then records the server with
-``py-spy record`` (200 Hz, idle threads excluded: busy CPU only) while N messages are sent one
+``py-spy record --gil`` (200 Hz, only the thread holding the GIL: busy Python CPU) while N messages are sent one
 at a time. Prints the functions with the largest share of busy samples (own time and
 inclusive), and the share of a few known costs (a new TLS context per HTTP client, a new
 database connection per session). Run it on two checkouts to compare before and after::
@@ -36,7 +36,6 @@ from mock_openai import MockOpenAI  # noqa: E402
 KNOWN_COSTS = {
     "new TLS context (ssl.create_default_context)": "create_default_context",
     "new database connection (asyncpg connect)": "connect_utils.py",
-    "Ketta's own code (ketta/)": "/ketta/",
     "JSON (de)serialisation": "json",
     "pydantic validation/serialisation": "pydantic",
     "SQLAlchemy": "sqlalchemy",
@@ -51,6 +50,13 @@ def folded_stacks(path: Path) -> list[tuple[list[str], int]]:
         if frames and count.isdigit():
             stacks.append((frames.split(";"), int(count)))
     return stacks
+
+
+def package_of(frame: str) -> str:
+    """'execute (asyncpg/connection.py:377)' -> 'asyncpg'; a stdlib file -> its module ('selectors')."""
+    location = frame.rpartition("(")[2].rstrip(")")
+    path = location.rsplit(":", 1)[0]
+    return path.split("/", 1)[0].removesuffix(".py") if path else "?"
 
 
 def summarise(stacks: list[tuple[list[str], int]], top: int) -> None:
@@ -68,6 +74,11 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> None:
     print(f"\ntop {top} by own time (share of busy CPU):")
     for frame, count in own.most_common(top):
         print(f"  {100 * count / total:5.1f} %  {frame}")
+    by_package: collections.Counter[str] = collections.Counter()
+    for frames, count in stacks:
+        by_package[package_of(frames[-1])] += count
+    print("\nown time by package (share of busy CPU):")
+    print("  " + ", ".join(f"{name} {100 * count / total:.1f} %" for name, count in by_package.most_common(12)))
     print(f"\nknown costs (inclusive share of busy CPU):")
     for label, needle in KNOWN_COSTS.items():
         count = sum(c for frames, c in stacks if any(needle in frame for frame in frames))
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 session.send(i).raise_for_status()
             raw = work / "profile.txt"
             spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(args.rate), "--format", "raw",
-                                    "--output", str(raw), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                    "--output", str(raw), "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attaches; the messages below are what it samples (no synchronisation relies on it)
             timings = []
             for i in range(args.messages):
