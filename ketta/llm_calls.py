@@ -164,9 +164,10 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         organization, provider = _organization(client), provider_of(_config(args, kwargs))
         fallbacks = sendable and provider_fallback.fallbacks_of(client)
+        if sendable:  # set again by whoever answers instead of this call's own provider (a fallback, a pool member)
+            provider_fallback.answered_by.set(None)
         if fallbacks:
             client._ketta_answer = None
-            provider_fallback.answered_by.set(None)
         if fallbacks and len(args) >= 2 and provider_health.cooling_until(organization, provider):
             try:  # the primary asked for a pause: its fallbacks first, the primary only if none answers
                 return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], None, kwargs)

@@ -186,3 +186,44 @@ def test_pools_off_is_stock(start_ketta, database_uri: str) -> None:
         assert not any(path.startswith("/v1/pools") for path in client.get("/openapi.json").json()["paths"])
         refused = client.post("/v1/providers/", json={"name": "p", "provider_type": "pool", "api_key": "sk-x"})
         assert refused.status_code == 422
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["blocking", "streaming"])
+def test_a_pool_of_kimi_keys_on_two_endpoints_keeps_each_key_to_its_own(shared_server: KettaProcess, stream: bool) -> None:
+    """Each Kimi member's key goes only to its own base_url, and Moonshot's rules hold for every
+    member (the mocks refuse a thinking model's request without its reasoning_content, ...)."""
+    from mock_moonshot import MockMoonshot
+
+    keys = ("sk-moon-pool-a-0123456789", "sk-moon-pool-b-0123456789")
+    suffix = uuid.uuid4().hex[:8]
+    with MockMoonshot(api_key=keys[0]) as moon_a, MockMoonshot(api_key=keys[1]) as moon_b, \
+            MockOpenAI(api_key="sk-embeddings-pool") as embedder, shared_server.client() as client:
+        for name, key, base_url, kind in ((f"ka-{suffix}", keys[0], moon_a.base_url, "kimi"), (f"kb-{suffix}", keys[1], moon_b.base_url, "kimi"),
+                                          (f"emb-{suffix}", "sk-embeddings-pool", embedder.base_url, "openai")):
+            created = client.post("/v1/providers/", json={"name": name, "provider_type": kind, "api_key": key, "base_url": base_url})
+            assert created.status_code == 200, created.text
+        pool = client.post("/v1/pools/", json={"name": f"kimi-pool-{suffix}", "members": [f"ka-{suffix}", f"kb-{suffix}"]})
+        assert pool.status_code == 200, pool.text
+        assert f"kimi-pool-{suffix}/kimi-k2-thinking" in pool.json()["models"]
+        agent = client.post("/v1/agents/", json={
+            "name": f"kimi-pooled-{suffix}", "agent_type": "letta_v1_agent", "model": f"kimi-pool-{suffix}/kimi-k2-thinking",
+            "embedding": f"emb-{suffix}/text-embedding-3-small",
+            "memory_blocks": [{"label": "human", "value": "Name: Ada"}, {"label": "persona", "value": "A helpful agent."}]})
+        assert agent.status_code == 200, agent.text
+        for text in ("Hi, I am Ada.", "I like tea.", "What do you remember?"):
+            body = {"messages": [{"role": "user", "content": text}]}
+            if stream:
+                with client.stream("POST", f"/v1/agents/{agent.json()['id']}/messages/stream", json={**body, "stream_tokens": True}) as response:
+                    assert response.status_code == 200
+                    events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
+            else:
+                response = client.post(f"/v1/agents/{agent.json()['id']}/messages", json=body)
+                assert response.status_code == 200, response.text
+                events = response.json()["messages"]
+            assert "error_message" not in [e.get("message_type") for e in events], events
+            assert "Noted, thank you!" in "".join(e.get("content") or "" for e in events if e.get("message_type") == "assistant_message")
+        assert moon_a.violations == [] and moon_b.violations == []
+        for moon, key in ((moon_a, keys[0]), (moon_b, keys[1])):
+            assert moon.chat_requests(), "both members were used"
+            assert {r.headers.get("authorization") for r in moon.chat_requests()} == {f"Bearer {key}"}
+        assert not any(k in shared_server.log_text() for k in keys)
