@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import threading
+from contextvars import ContextVar
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -71,8 +72,14 @@ def timeouts() -> tuple[float, float]:
     return settings.llm_connect_timeout, settings.llm_read_timeout
 
 
+# True while a provider pool tries a member with others left to try (ketta.provider_pools): the
+# SDK client made for that call does not retry, so a 429 or 5xx moves on to the next member at
+# once instead of waiting (Retry-After) on the same key.
+no_retries: ContextVar[bool] = ContextVar("ketta_llm_no_retries", default=False)
+
+
 def max_retries() -> int:
-    return get_settings().llm_max_retries
+    return 0 if no_retries.get() else get_settings().llm_max_retries
 
 
 def timeout(lib: str = "httpx") -> Any:

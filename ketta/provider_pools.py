@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 import sqlalchemy as sa
 from fastapi import HTTPException
 
-from ketta import provider_fallback, provider_health
+from ketta import llm_http, provider_fallback, provider_health
 
 log = logging.getLogger("ketta.pools")
 
@@ -158,6 +158,7 @@ async def send(organization_id: str, pool_name: str, llm_config: Any, attempt: A
     members = await members_of(organization_id, pool_name)
     tried = set(skip or ())
     reasons = [f"{name} ({provider_health.status_class(error)})" for name in sorted(tried)] if error is not None else []
+    candidates = []
     for member in order(organization_id, pool_name, members):
         if member.name in tried:
             continue
@@ -165,10 +166,13 @@ async def send(organization_id: str, pool_name: str, llm_config: Any, attempt: A
         if until:
             reasons.append(f"{member.name} (cooling down until {_iso(until)})")
             continue
+        candidates.append(member)
+    for index, member in enumerate(candidates):
         tried.add(member.name)
         picked(organization_id, pool_name, member)
         config = member_config(llm_config, member)
         started = time.perf_counter()
+        others_left = llm_http.no_retries.set(index < len(candidates) - 1)  # the next member rather than SDK retries
         try:
             result = await attempt(config)
         except Exception as exc:
@@ -178,6 +182,8 @@ async def send(organization_id: str, pool_name: str, llm_config: Any, attempt: A
                 reasons.append(f"{member.name} ({provider_health.status_class(exc)})")
                 continue
             raise
+        finally:
+            llm_http.no_retries.reset(others_left)
         provider_health.record(organization_id, member.name, None, time.perf_counter() - started)
         provider_fallback.answered_by.set(config)
         return result, member, tried

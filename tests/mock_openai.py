@@ -108,6 +108,7 @@ class MockOpenAI:
     embedding_models: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_MODELS))
     api_key: str | None = None  # when set, any other bearer token is answered 401
     reply: Reply = DEFAULT_REPLY
+    fail_status: int | None = None  # every chat completion answers this error status (a provider that is down)
     host: str = "127.0.0.1"
     port: int = 0
     latency_s: float = 0.0  # added before each chat completion answer
@@ -370,6 +371,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self._model(model_id))
             else:
                 self._send_error(404, f"The model '{model_id}' does not exist", "invalid_request_error", "model_not_found")
+        elif method == "POST" and path == "/v1/chat/completions" and self.mock.fail_status is not None:
+            status = self.mock.fail_status
+            self._send_error(status, "Rate limit reached for requests" if status == 429 else "The server is overloaded",
+                             "requests" if status == 429 else "server_error", "rate_limit_exceeded" if status == 429 else None)
         elif method == "POST" and path == "/v1/chat/completions":
             wait = self.mock._over_rate_limit(request.api_key)
             if wait is not None:  # OpenAI's rate-limit answer

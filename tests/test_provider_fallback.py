@@ -224,3 +224,46 @@ def test_a_stream_breaking_after_its_first_token_ends_with_an_error(shared_serve
     assert [e.get("message_type") for e in events][-1] == "error_message", events
     assert any(e.get("stop_reason") == "llm_api_error" for e in events), events
     assert backup.chat_requests() == []
+
+
+def test_a_hundred_messages_through_the_fallback_with_no_client_error(start_ketta, database_uri: str, backup: MockOpenAI) -> None:
+    """Primaries answering 429, 503, never (hanging) and refusing connections: 25 messages each, four
+    agents at once, all answered by the fallback; each step names it, each primary's health shows why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # bounded calls: a hanging primary is given up after 1 s; no SDK retries, so each message tries the primary once
+    server = start_ketta({"LETTA_PG_URI": database_uri, "KETTA_LLM_READ_TIMEOUT": "1", "KETTA_LLM_MAX_RETRIES": "0"})
+    kinds = ("429", "503", "hanging", "refusing")
+    per_agent = 25
+    with MockOpenAI(api_key=PRIMARY_KEY, fail_status=429) as p429, MockOpenAI(api_key=PRIMARY_KEY, fail_status=503) as p503, \
+            MockOpenAI(api_key=PRIMARY_KEY, hang=True) as hanging, MockOpenAI(api_key=PRIMARY_KEY) as refusing:
+        primaries = dict(zip(kinds, (p429, p503, hanging, refusing)))
+        with server.client() as client:
+            made = {kind: setup(client, primaries[kind], backup) for kind in kinds}
+        refusing.stop()  # its base_url now refuses connections
+
+        def run(kind: str) -> list[httpx.Response]:
+            with server.client() as client:
+                return [send(client, made[kind]["agent"]) for _ in range(per_agent)]
+
+        with ThreadPoolExecutor(len(kinds)) as pool:
+            replies = dict(zip(kinds, pool.map(run, kinds)))
+
+        with server.client() as client:
+            statuses = [r.status_code for kind in kinds for r in replies[kind]]
+            assert statuses == [200] * len(kinds) * per_agent, [r.text for kind in kinds for r in replies[kind] if r.status_code != 200][:3]
+            for kind in kinds:
+                backup_handle = f"{made[kind]['names']['backup']}/mock-chat-1"
+                assert all(assistant(r)[0]["content"] == "from backup" for r in replies[kind])
+                handles = {client.get(f"/v1/steps/{assistant(r)[0]['step_id']}").json()["model_handle"] for r in replies[kind]}
+                assert handles == {backup_handle}, (kind, handles)
+            health = {kind: client.get(f"/v1/providers/{made[kind]['ids']['primary']}/health").json() for kind in kinds}
+
+    assert len(backup.chat_requests()) == len(kinds) * per_agent
+    assert {r.api_key for r in backup.chat_requests()} == {BACKUP_KEY}
+    # each 429 cools the primary down for KETTA_PROVIDER_COOLDOWN (30 s): it was asked again only after that
+    asked_429 = health["429"]["status_classes"].get("429", 0)
+    assert set(health["429"]["status_classes"]) == {"429"} and 1 <= asked_429 < per_agent, health["429"]
+    assert len(p429.chat_requests()) == asked_429
+    for kind, status_class in (("503", "5xx"), ("hanging", "timeout"), ("refusing", "connection")):
+        assert health[kind]["status_classes"] == {status_class: per_agent} and health[kind]["state"] == "down", (kind, health[kind])

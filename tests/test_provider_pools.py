@@ -227,3 +227,20 @@ def test_a_pool_of_kimi_keys_on_two_endpoints_keeps_each_key_to_its_own(shared_s
             assert moon.chat_requests(), "both members were used"
             assert {r.headers.get("authorization") for r in moon.chat_requests()} == {f"Bearer {key}"}
         assert not any(k in shared_server.log_text() for k in keys)
+
+
+def test_a_failing_member_is_asked_once_when_another_can_answer(shared_server: KettaProcess) -> None:
+    """No SDK retries on a member while others are left (KETTA_LLM_MAX_RETRIES applies to the last one):
+    the next member answers at once, and the failing one, now with the most errors, is tried last."""
+    suffix = uuid.uuid4().hex[:8]
+    with MockOpenAI(api_key=KEYS[0], fail_status=503) as bad, MockOpenAI(api_key=KEYS[1], reply="from the good one") as good, \
+            shared_server.client() as client:
+        for name, key, llm in ((f"bad-{suffix}", KEYS[0], bad), (f"good-{suffix}", KEYS[1], good)):
+            assert client.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": key, "base_url": llm.base_url}).status_code == 200
+        assert client.post("/v1/pools/", json={"name": f"pool-{suffix}", "members": [f"bad-{suffix}", f"good-{suffix}"]}).status_code == 200
+        agent = client.post("/v1/agents/", json={"name": f"p-{suffix}", "agent_type": "letta_v1_agent", "include_base_tools": False,
+                                                  "model": f"pool-{suffix}/mock-chat-1", "embedding": f"good-{suffix}/text-embedding-3-small"})
+        assert agent.status_code == 200, agent.text
+        replies = [send(client, agent.json()["id"]) for _ in range(3)]
+    assert [r.status_code for r in replies] == [200] * 3 and {answer(r) for r in replies} == {"from the good one"}
+    assert len(bad.chat_requests()) == 1 and len(good.chat_requests()) == 3
