@@ -67,6 +67,25 @@ def listed_provider_types() -> dict[str, str]:
     return types
 
 
+def _llm_configs(provider, models: list) -> list[LLMConfig]:
+    """The LLMConfigs of one provider's stored models (its type's class gives the endpoint and
+    the default max tokens)."""
+    typed = provider.cast_to_subtype()
+    return [
+        LLMConfig(
+            model=model.name,
+            model_endpoint_type=model.model_endpoint_type,
+            model_endpoint=typed.base_url,
+            context_window=model.max_context_window or constants.DEFAULT_CONTEXT_WINDOW,
+            handle=model.handle,
+            provider_name=provider.name,
+            provider_category=ProviderCategory.byok,
+            max_tokens=typed.get_default_max_output_tokens(model.name),
+        )
+        for model in models
+    ]
+
+
 async def list_llm_models_async(
     self: SyncServer,
     actor: User,
@@ -102,26 +121,20 @@ async def list_llm_models_async(
             ProviderModelRow.is_deleted.is_(False),
         )
         models = list((await session.execute(models_query)).scalars())
-    typed = {p.id: p.cast_to_subtype() for p in providers}
+    models_of: dict[str, list] = {}
+    for model in models:
+        models_of.setdefault(model.provider_id, []).append(model)
     configs = []
     types = listed_provider_types()
-    for model in models:
-        provider = typed.get(model.provider_id)
-        if provider is None:
+    for provider in providers:
+        if provider.id not in models_of:
+            continue
+        try:
+            configs += _llm_configs(provider, models_of[provider.id])
+        except Exception as exc:  # noqa: BLE001 - one broken provider must not fail every provider's listing
+            log.warning("Provider '%s': its models are left out of the listing (%s: %s)", provider.name, type(exc).__name__, exc)
             continue
         types[provider.name] = provider.provider_type.value
-        configs.append(
-            LLMConfig(
-                model=model.name,
-                model_endpoint_type=model.model_endpoint_type,
-                model_endpoint=provider.base_url,
-                context_window=model.max_context_window or constants.DEFAULT_CONTEXT_WINDOW,
-                handle=model.handle,
-                provider_name=provider.name,
-                provider_category=ProviderCategory.byok,
-                max_tokens=provider.get_default_max_output_tokens(model.name),
-            )
-        )
     configs.sort(key=self._get_provider_sort_key)
     return configs
 
@@ -163,7 +176,8 @@ PATCHES = [
         replacement=list_llm_models_async,
         fingerprint="4af0d9465004f7fb",
         setting="unified_providers",
-        why="GET /v1/models/ reads the organization's providers and models in two queries instead of ~3 per provider.",
+        why="GET /v1/models/ reads the organization's providers and models in two queries instead of ~3 per provider; "
+        "a provider whose stored models cannot be listed is left out with a warning, as stock leaves out a BYOK provider.",
     ),
     Patch(
         target="letta.server.server:SyncServer._sync_provider_models_async",

@@ -17,7 +17,7 @@ import logging
 from datetime import datetime, timezone
 
 from fastapi import HTTPException
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ketta.patching import Patch
@@ -114,20 +114,75 @@ async def list_upstream_models(typed: Provider, name: str) -> tuple[list[LLMConf
 
 
 def _model_rows(provider: Provider, organization_id: str | None, llm_models: list, embedding_models: list) -> dict[tuple[str, str], dict]:
-    """(handle, model_type) -> the columns of its provider_models row."""
+    """(handle, model_type) -> the columns of its provider_models row.
+
+    A listing may name one model twice (an upstream's /models with a repeated id, or two
+    handles for one model name): the first entry of each handle and of each model name is kept,
+    as the table allows one row per (handle, organization, type) and per (name, provider, type)."""
     rows: dict[tuple[str, str], dict] = {}
+    names: set[tuple[str, str]] = set()
+
+    def keep(handle: str, model_type: str, values: dict) -> None:
+        if (handle, model_type) in rows or (values["name"], model_type) in names:
+            log.info("Provider '%s': %s model '%s' (handle %s) listed twice; keeping the first", provider.name,
+                     model_type, values["name"], handle)
+            return
+        rows[(handle, model_type)] = values
+        names.add((values["name"], model_type))
+
     for config in llm_models:
-        rows[(config.handle, "llm")] = dict(
+        keep(config.handle, "llm", dict(
             name=config.model, display_name=config.model, model_endpoint_type=config.model_endpoint_type,
             max_context_window=config.context_window, embedding_dim=None,
             supports_token_streaming=config.model_endpoint_type in ("openai", "anthropic", "deepseek", "openrouter"),
-        )
+        ))
     for config in embedding_models:
-        rows[(config.handle, "embedding")] = dict(
+        keep(config.handle, "embedding", dict(
             name=config.embedding_model, display_name=config.embedding_model, model_endpoint_type=config.embedding_endpoint_type,
             max_context_window=None, embedding_dim=getattr(config, "embedding_dim", None), supports_token_streaming=None,
-        )
+        ))
     return rows
+
+
+# pg_advisory_xact_lock(MODELS_LOCK_SPACE, hashtext(organization)): model writes of one organization
+# take turns, so two providers' syncs see each other's handles (the two-int key space is apart
+# from the migration lock's bigint key).
+MODELS_LOCK_SPACE = 0x6B6D6F64  # 'kmod'
+
+
+async def _lock_organization_models(session, organization_id: str | None) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:org))"),
+                          {"space": MODELS_LOCK_SPACE, "org": organization_id or ""})
+
+
+async def _settle_taken_handles(session, provider: Provider, organization_id: str | None, wanted: dict[tuple[str, str], dict]) -> None:
+    """Handles are unique per organization and model type. Ketta's are ``{provider name}/{model}``
+    and names are unique per organization, so a wanted handle held by another provider's row is
+    either this provider's by its name (that row was left from elsewhere, e.g. a database stock
+    Letta wrote, or a listing that named another provider's model: it is deleted and the handle
+    stored here) or another's (this listing names a model it does not own: the holder keeps it and
+    it is not stored here). A row flagged deleted gives its handle up. Rows of no organization
+    never collide (NULLs are distinct)."""
+    if organization_id is None or not wanted:
+        return
+    taken = (await session.execute(select(ProviderModelRow).where(
+        ProviderModelRow.organization_id == organization_id,
+        ProviderModelRow.provider_id != provider.id,
+        ProviderModelRow.handle.in_({handle for handle, _ in wanted}),
+    ))).scalars()
+    own = f"{provider.name}/"
+    for row in taken:
+        if (row.handle, row.model_type) not in wanted:
+            continue
+        if row.handle.startswith(own) or row.is_deleted:
+            log.warning("Handle %s (%s) was held by provider %s; it is provider '%s''s by its name and moves to it",
+                        row.handle, row.model_type, row.provider_id, provider.name)
+            await session.delete(row)
+        else:
+            log.warning("Provider '%s' listed handle %s (%s), which provider %s holds; not stored for '%s'",
+                        provider.name, row.handle, row.model_type, row.provider_id, provider.name)
+            del wanted[(row.handle, row.model_type)]
+    await session.flush()
 
 
 async def _lock_provider(session, provider_id: str, organization_id: str | None) -> ProviderRow:
@@ -144,16 +199,25 @@ async def _lock_provider(session, provider_id: str, organization_id: str | None)
 async def store_models(session, provider: Provider, organization_id: str | None, llm_models: list, embedding_models: list) -> None:
     """Make the provider's provider_models rows exactly the listed models and set last_synced,
     inside ``session``'s transaction with the provider row locked. Models that disappeared are
-    deleted, not flagged."""
+    deleted, not flagged. A repeated model is stored once; a handle another provider of the
+    organization holds is settled by the handle's name (see _settle_taken_handles), never an
+    IntegrityError."""
     row = await _lock_provider(session, provider.id, organization_id)
+    await _lock_organization_models(session, organization_id)
     wanted = _model_rows(provider, organization_id, llm_models, embedding_models)
+    await _settle_taken_handles(session, provider, organization_id, wanted)
     existing = (await session.execute(select(ProviderModelRow).where(ProviderModelRow.provider_id == provider.id))).scalars()
+    kept = []
     for model in existing:
-        values = wanted.pop((model.handle, model.model_type), None)
-        if values is None:
+        values = wanted.get((model.handle, model.model_type))
+        if values is None or values["name"] != model.name or model.organization_id != organization_id:
+            # a model renamed or moved to another organization scope is written anew (no name swaps)
             await session.delete(model)
-            continue
-        for column in ("name", "display_name", "model_endpoint_type", "max_context_window", "embedding_dim"):
+        else:
+            kept.append((model, wanted.pop((model.handle, model.model_type))))
+    await session.flush()  # deletes first: a new row may take a deleted one's handle or name
+    for model, values in kept:
+        for column in ("display_name", "model_endpoint_type", "max_context_window", "embedding_dim"):
             setattr(model, column, values[column])
         model.is_deleted = False
     await session.flush()
@@ -410,7 +474,9 @@ PATCHES = [
         fingerprint="2f3276aaa1b69245",
         setting="unified_providers",
         why="A provider's models are replaced in one transaction holding the provider row (delete-safe); models that "
-        "disappeared are deleted, not flagged; last_synced is set only with a successful listing.",
+        "disappeared are deleted, not flagged; last_synced is set only with a successful listing; a model listed twice is "
+        "stored once, and a handle another provider of the organization holds goes to the provider it names (never an "
+        "IntegrityError).",
     ),
     Patch(
         target=LIST_TARGET,
