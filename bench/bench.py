@@ -158,20 +158,26 @@ def create_provider(http: httpx.Client, name: str, llm: MockOpenAI) -> str:
     return response.json()["id"]
 
 
-def listed_handles(http: httpx.Client, provider_name: str, base_url: str) -> tuple[str, str]:
+def listed_handles(http: httpx.Client, provider_name: str, base_url: str, timeout_s: float = 60) -> tuple[str, str]:
     """The (chat, embedding) handles the server lists for the provider's mock models.
 
     Stock Letta reports the provider *type* as an embedding model's ``provider_name``, so an
-    embedding model is recognised by its provider's name or, failing that, its endpoint.
+    embedding model is recognised by its handle's provider part or, failing that, its endpoint.
+    With several workers, a listing may come from a worker whose model cache predates the
+    provider: asked again until both appear (at most ``timeout_s``).
     """
-    chat = [m["handle"] for m in http.get("/v1/models/", params={"provider_name": provider_name}).json()
-            if m["name"] == CHAT_MODEL and m["provider_name"] == provider_name]
-    embedding = sorted({m["handle"] for m in http.get("/v1/models/embedding").json()
-                        if m["name"] == EMBEDDING_MODEL
-                        and (m["provider_name"] == provider_name or m.get("embedding_endpoint") == base_url)})
-    if len(chat) != 1 or len(embedding) != 1:
-        raise RuntimeError(f"expected one chat and one embedding handle for {provider_name!r}, got {chat} / {embedding}")
-    return chat[0], embedding[0]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        chat = [m["handle"] for m in http.get("/v1/models/", params={"provider_name": provider_name}).json()
+                if m["name"] == CHAT_MODEL and m["provider_name"] == provider_name]
+        listed = [m for m in http.get("/v1/models/embedding").json() if m["name"] == EMBEDDING_MODEL]
+        embedding = sorted({m["handle"] for m in listed if m["handle"].startswith(f"{provider_name}/")}) or sorted(
+            {m["handle"] for m in listed if m["provider_name"] == provider_name or m.get("embedding_endpoint") == base_url})
+        if len(chat) == 1 and len(embedding) == 1:
+            return chat[0], embedding[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"expected one chat and one embedding handle for {provider_name!r}, got {chat} / {embedding}")
+        time.sleep(0.5)
 
 
 @dataclass
