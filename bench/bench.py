@@ -168,15 +168,17 @@ def listed_handles(http: httpx.Client, provider_name: str, base_url: str, timeou
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        chat = [m["handle"] for m in http.get("/v1/models/", params={"provider_name": provider_name}).json()
-                if m["name"] == CHAT_MODEL and m["provider_name"] == provider_name]
+        models = http.get("/v1/models/").json()
+        chat = [m["handle"] for m in models if m["name"] == CHAT_MODEL
+                and (m["provider_name"] == provider_name or m["handle"].startswith(f"{provider_name}/"))]
         listed = [m for m in http.get("/v1/models/embedding").json() if m["name"] == EMBEDDING_MODEL]
         embedding = sorted({m["handle"] for m in listed if m["handle"].startswith(f"{provider_name}/")}) or sorted(
             {m["handle"] for m in listed if m["provider_name"] == provider_name or m.get("embedding_endpoint") == base_url})
         if len(chat) == 1 and len(embedding) == 1:
             return chat[0], embedding[0]
         if time.monotonic() > deadline:
-            raise RuntimeError(f"expected one chat and one embedding handle for {provider_name!r}, got {chat} / {embedding}")
+            raise RuntimeError(f"expected one chat and one embedding handle for {provider_name!r}, got {chat} / {embedding}; "
+                               f"listed: {[(m['handle'], m['provider_name']) for m in models][:60]}")
         time.sleep(0.5)
 
 
@@ -286,8 +288,9 @@ def percentile(values: list[float], share: float) -> float:
 def measure_concurrency(server: ServerProcess, figures: ServerFigures, llm: MockOpenAI, args: argparse.Namespace) -> None:
     """``args.clients`` clients for ``args.duration`` seconds against one server (alone on the machine)."""
     with httpx.Client(base_url=server.url, timeout=120, headers=AUTH_HEADERS) as http:
-        name = f"bench-load-{uuid.uuid4().hex[:6]}"
-        create_provider(http, name, llm)
+        # The provider of the measurements (still there): a second openai provider on a custom
+        # base_url would get no chat model on stock Letta (its handle 'openai-proxy/<model>' is taken).
+        name = "bench-provider-00"
         chat_handle, embedding_handle = listed_handles(http, name, llm.base_url)
         agent_ids = [make_agent(http, chat_handle, embedding_handle) for _ in range(args.clients)]
     asyncio.run(_load(server.url, agent_ids, min(5.0, args.duration)))  # warm every worker
