@@ -26,6 +26,7 @@ A session yields once; a lost database answers 503 (Letta's handler for
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -39,8 +40,8 @@ from ketta.settings import get_settings
 
 log = logging.getLogger("ketta.db")
 
-# event loop id -> (engine, session factory); an asyncpg connection belongs to one loop.
-_engines: dict[int, tuple[AsyncEngine, async_sessionmaker[AsyncSession]]] = {}
+# event loop id -> (that loop, engine, session factory); an asyncpg connection belongs to one loop.
+_engines: dict[int, tuple[asyncio.AbstractEventLoop, AsyncEngine, async_sessionmaker[AsyncSession]]] = {}
 
 
 def engine_options() -> dict[str, Any]:
@@ -74,20 +75,35 @@ def _async_uri() -> str:
 
 def session_factory() -> async_sessionmaker[AsyncSession]:
     """This event loop's session factory (engine made on first use)."""
-    loop = id(asyncio.get_running_loop())
-    made = _engines.get(loop)
-    if made is None:
+    loop = asyncio.get_running_loop()
+    made = _engines.get(id(loop))
+    if made is None or made[0] is not loop:
+        _release_closed_loops()
         engine = create_async_engine(_async_uri(), **engine_options())
         factory = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
-        made = _engines[loop] = (engine, factory)
+        made = _engines[id(loop)] = (loop, engine, factory)
         log.debug("database pool: size %s, overflow %s", engine.pool.size(), get_settings().db_max_overflow)
-    return made[1]
+    return made[2]
+
+
+def _release_closed_loops() -> None:
+    """Drop the pools of event loops that have ended (``asyncio.run`` in a thread, a test's loop).
+
+    Their connections cannot be closed politely (that needs their loop): the pool forgets them
+    and the garbage collector closes their sockets, so PostgreSQL ends those sessions instead of
+    keeping them until it runs out of connection slots."""
+    closed = [key for key, (loop, _, _) in _engines.items() if loop.is_closed()]
+    for key in closed:
+        _, engine, _ = _engines.pop(key)
+        engine.sync_engine.dispose(close=False)
+    if closed:
+        gc.collect()
 
 
 def current_engine() -> AsyncEngine:
     """This event loop's engine (tests and diagnostics)."""
     session_factory()
-    return _engines[id(asyncio.get_running_loop())][0]
+    return _engines[id(asyncio.get_running_loop())][1]
 
 
 def _connection_lost(error: BaseException) -> bool:
@@ -137,7 +153,7 @@ async def close_db() -> None:
     """Close this event loop's pool (at shutdown)."""
     made = _engines.pop(id(asyncio.get_running_loop()), None)
     if made is not None:
-        await made[0].dispose()
+        await made[1].dispose()
 
 
 PATCHES = [

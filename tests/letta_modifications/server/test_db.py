@@ -5,6 +5,7 @@ PostgreSQL of its own (not the session's shared one)."""
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 import tempfile
@@ -130,3 +131,35 @@ def test_ketta_runs_behind_pgbouncer_in_transaction_mode(start_ketta: Callable[.
         bouncer.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
         pg.stop()
+
+
+_LOOPS = """
+import asyncio, sys
+from ketta import letta_modifications
+from ketta.settings import KettaSettings
+letta_modifications.apply_all(KettaSettings())
+import sqlalchemy as sa
+from letta.server.db import db_registry
+
+async def once():
+    async with db_registry.async_session() as session:
+        await session.execute(sa.text("SELECT 1"))
+
+for _ in range(int(sys.argv[1])):
+    asyncio.run(once())  # a new event loop each time (Letta's tests, asyncio.run in a thread)
+engine = sa.create_engine(sys.argv[2], poolclass=sa.NullPool)
+with engine.connect() as conn:
+    print(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar())
+"""
+
+
+def test_pools_of_ended_event_loops_give_their_connections_back(database_uri: str) -> None:
+    """Each event loop gets its own pool; when a loop has ended, its connections are released on
+    the next loop's first session (40 loops in a row kept 40 sessions open and Letta's own test
+    suite ran PostgreSQL out of connection slots)."""
+    from conftest import clean_env
+
+    done = subprocess.run([sys.executable, "-c", _LOOPS, "40", sync_url(database_uri)], env=clean_env(LETTA_PG_URI=database_uri),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert int(done.stdout.strip().splitlines()[-1]) <= 2
