@@ -458,17 +458,21 @@ def _decrypt_all(values: Sequence[StoredValue], keys: Sequence[str], workers: in
     return results
 
 
+def _read_stored(conn: Connection) -> tuple[list[tuple[str, str]], list[StoredValue], tuple[str, str] | None]:
+    """(encrypted columns, their stored values, the check row) of a database with Ketta's schema."""
+    if not _table_exists(conn, CHECK_TABLE):
+        raise KeyringError("This database has no Ketta schema yet: run `ketta db upgrade` (or start the server) first.")
+    columns = encrypted_columns(conn)
+    return columns, read_values(conn, columns), read_check(conn)
+
+
 def check(uri: str, keyring: Keyring) -> Report:
     """Decrypt every stored secret with the keyring and count what each key reads."""
     keys = keyring.values()
     engine = _engine(uri)
     try:
         with engine.connect() as conn:
-            if not _table_exists(conn, CHECK_TABLE):
-                raise KeyringError("This database has no Ketta schema yet: run `ketta db upgrade` (or start the server) first.")
-            columns = encrypted_columns(conn)
-            values = read_values(conn, columns)
-            check_row = read_check(conn)
+            columns, values, check_row = _read_stored(conn)
     finally:
         engine.dispose()
     report = Report(keyring, per_key=[0] * len(keys), columns=columns)
@@ -532,11 +536,7 @@ def rotate(uri: str, keyring: Keyring, new_key: str, *, skip_undecryptable: bool
     engine = _engine(uri)
     try:
         with engine.connect() as conn:
-            if not _table_exists(conn, CHECK_TABLE):
-                raise KeyringError("This database has no Ketta schema yet: run `ketta db upgrade` (or start the server) first.")
-            columns = encrypted_columns(conn)
-            first_read = read_values(conn, columns)
-            check_row = read_check(conn)
+            columns, first_read, check_row = _read_stored(conn)
         known = {(v.table, v.column, v.row_id, v.value): _plaintext_of(v, f)
                  for v, f in zip(first_read, _decrypt_all(first_read, keys, progress=progress))}
         if check_row is not None and _check_key_index(check_row, keys) is None and not skip_undecryptable:
