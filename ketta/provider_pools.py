@@ -262,14 +262,12 @@ async def _store(session: Any, pool: Any, organization_id: str, members: list[Me
 
 
 async def create_pool(actor: Any, name: Any, member_refs: Any) -> dict[str, Any]:
-    from sqlalchemy.exc import IntegrityError
-
-    from letta.orm.provider import Provider as ProviderRow
     from letta.schemas.enums import ProviderCategory, ProviderType
     from letta.schemas.providers import Provider
     from letta.server.db import db_registry
 
-    from ketta.providers import ProviderNameTaken, clean_provider_name
+    from ketta.letta_modifications.services.provider_manager import insert_provider_row
+    from ketta.providers import clean_provider_name
 
     name = clean_provider_name(name)
     async with db_registry.async_session() as session:
@@ -277,13 +275,7 @@ async def create_pool(actor: Any, name: Any, member_refs: Any) -> dict[str, Any]
         pool = Provider(name=name, provider_type=ProviderType(POOL_PROVIDER_TYPE), provider_category=ProviderCategory.byok,
                         organization_id=actor.organization_id, base_url=members[0].base_url)
         pool.resolve_identifier()
-        row = ProviderRow(**pool.model_dump(to_orm=True, exclude_unset=True))
-        row._set_created_and_updated_by_fields(actor.id)
-        session.add(row)
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise ProviderNameTaken(name) from None
+        await insert_provider_row(session, pool, actor.id)
         models = await _store(session, pool, actor.organization_id, members)
         await session.commit()
     return describe(pool.id, name, members, models)

@@ -259,6 +259,19 @@ async def check_base_url(provider_type: object, base_url: str | None) -> None:
     await check_url_async(base_url, "base_url")
 
 
+async def insert_provider_row(session, provider: Provider, actor_id: str) -> ProviderRow:
+    """Add the provider's row in ``session``'s transaction; ProviderNameTaken (409) if the name
+    was taken meanwhile (a concurrent create under the same name)."""
+    row = ProviderRow(**provider.model_dump(to_orm=True, exclude_unset=True))
+    row._set_created_and_updated_by_fields(actor_id)
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ProviderNameTaken(provider.name) from None
+    return row
+
+
 async def create_provider_async(self: ProviderManager, request: ProviderCreate, actor: User, is_byok: bool = True) -> Provider:
     """Create an org-scoped provider after checking its input and listing its models.
 
@@ -294,13 +307,7 @@ async def create_provider_async(self: ProviderManager, request: ProviderCreate, 
         models = None
 
     async with db_registry.async_session() as session:
-        row = ProviderRow(**provider.model_dump(to_orm=True, exclude_unset=True))
-        row._set_created_and_updated_by_fields(actor.id)
-        session.add(row)
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise ProviderNameTaken(name) from None  # created concurrently under the same name
+        row = await insert_provider_row(session, provider, actor.id)
         if models is not None:
             await store_models(session, provider, actor.organization_id, *models)
         await session.refresh(row)
