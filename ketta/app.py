@@ -148,6 +148,9 @@ def create_app() -> FastAPI:
 
         logging_setup.configure(get_settings().log_level, quiet_stdout=True)
         app = _import_letta_app(_server_token)
+        from ketta import patching
+
+        patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
 
         from ketta import auth, cors, user_tokens
         from ketta.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing

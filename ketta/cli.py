@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
@@ -205,12 +205,25 @@ def patches_list(ctx: typer.Context) -> None:
 
     settings = get_settings()
     covered = letta_modifications.upstream_tests()
-    for row in letta_modifications.status_from_source(settings):  # no Letta import: answers in about a second
-        state = "on " if row.enabled else "off"
-        match = "ok" if row.problem is None else f"DRIFT: {row.problem}"
-        typer.echo(f"{state} {row.patch.target:<75} {row.patch.setting:<18} {match}")
-        typer.echo(f"      {row.patch.why}")
-        typer.echo(f"      Letta's tests: {_upstream_summary(row.patch, covered.get(row.patch.target))}")
+    rows = letta_modifications.status_from_source(settings)  # no Letta import: answers in about a second
+    features = [row for row in rows if row.patch.kind != "fix"]
+    fixes = [row for row in rows if row.patch.kind == "fix"]
+    typer.echo(f"Features ({len(features)} patches: what Ketta does differently on purpose)")
+    for row in features:
+        _echo_patch_row(row, row.patch.setting, covered)
+    typer.echo("")
+    typer.echo(f"Fixes of Letta 0.16.8 ({len(fixes)} patches: bugs upstream never released a fix for; "
+               "off: KETTA_LETTA_FIXES=false, or KETTA_SKIP_FIXES=N,...)")
+    for row in fixes:
+        _echo_patch_row(row, row.patch.upstream, covered)
+
+
+def _echo_patch_row(row: "Any", switch: str, covered: dict[str, list[str]]) -> None:
+    state = "on " if row.enabled else "off"
+    match = "ok" if row.problem is None else f"DRIFT: {row.problem}"
+    typer.echo(f"{state} {row.patch.target:<75} {switch:<18} {match}")
+    typer.echo(f"      {row.patch.why}")
+    typer.echo(f"      Letta's tests: {_upstream_summary(row.patch, covered.get(row.patch.target))}")
 
 
 def _upstream_summary(patch: "Patch", tests: list[str] | None) -> str:
@@ -259,7 +272,8 @@ def patches_verify() -> None:
         typer.echo(f"DRIFT {row.patch.target} ({row.module}): {row.problem}")
     if problems:
         _fail(f"{len(problems)} of {total} patches no longer match the installed Letta")
-    typer.echo(f"all {total} patches match the installed Letta")
+    fixes = sum(1 for _, patch in letta_modifications.iter_patches() if patch.kind == "fix")
+    typer.echo(f"all {total} patches match the installed Letta ({fixes} of them fixes of Letta 0.16.8)")
 
 
 @patches_app.command("fingerprint")

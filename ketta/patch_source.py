@@ -23,7 +23,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-DECLARED_FIELDS = ("target", "fingerprint", "setting", "why", "mode")
+DECLARED_FIELDS = ("target", "fingerprint", "setting", "why", "mode", "kind", "upstream")
+LOCALS = ".<locals>."
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,11 @@ class Declared:
     setting: str
     why: str
     mode: str = "replace"
+    kind: str = "feature"
+    upstream: str = ""
 
 
-class NotStatic(Exception):
+class NotStatic(LookupError):
     """Source that needs importing to be understood."""
 
 
@@ -213,6 +216,12 @@ def _node_text(node: ast.stmt | None, lines: list[str]) -> str:
 def fingerprint(declared: Declared) -> str:
     """The fingerprint of the installed upstream source of a target (owner for add/enum_member)."""
     module, attrs = declared.target.split(":", 1)
+    if declared.mode == "exception_handler":
+        factory, handler = attrs.split(LOCALS, 1)
+        node, lines, _ = _resolve(module, factory.split("."))
+        if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == handler for n in ast.walk(node)):
+            raise NotStatic(f"{declared.target}: {factory} no longer defines {handler}")
+        return hashlib.sha256(_node_text(node, lines).encode()).hexdigest()[:16]
     path = attrs.split(".")
     if declared.mode in ("add", "enum_member"):
         path = path[:-1]
@@ -238,6 +247,6 @@ def drift(declared: Declared) -> str | None:
     found = fingerprint(declared)
     if found != declared.fingerprint:
         raise NotStatic(f"fingerprint {found} differs: confirm by importing")
-    if declared.mode != "replace" and defined_upstream(declared):
+    if declared.mode in ("add", "enum_member") and defined_upstream(declared):
         raise NotStatic("attribute may exist upstream: confirm by importing")
     return None

@@ -100,6 +100,8 @@ class KettaSettings(BaseSettings):
     db_max_overflow: int = Field(default=20, ge=0, description="Extra connections a process may open under load beyond the pool size.")
     db_pool_recycle: int = Field(default=300, ge=1, description="Seconds after which a pooled connection is replaced.")
     db_pgbouncer: bool = Field(default=False, description="The database is reached through PgBouncer in transaction mode (no prepared-statement cache).")
+    letta_fixes: bool = Field(default=True, description="Carry Ketta's fixes of Letta 0.16.8 bugs that upstream never released (patches of kind 'fix'); false: Letta's own behaviour.")
+    skip_fixes: str = Field(default="", description="Comma list of upstream references (e.g. 'letta-ai/letta#3144' or '3144') whose fix stays off.")
     allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")
@@ -108,6 +110,11 @@ class KettaSettings(BaseSettings):
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
+
+    def fix_skipped(self, upstream: str) -> bool:
+        """Whether KETTA_SKIP_FIXES names this upstream reference ('owner/name#N', or just N)."""
+        number = upstream.rsplit("#", 1)[-1]
+        return any(item.strip() in (upstream, number, f"#{number}") for item in self.skip_fixes.split(",") if item.strip())
 
     @property
     def home_dir(self) -> Path:

@@ -8,6 +8,11 @@ It speaks the real wire format, so Letta's own OpenAI client talks to it unchang
   a tool call (``tool_choice`` ``"required"`` or a named function, as Letta's memgpt-style agents
   do), the answer is a tool call (``send_message`` with the reply when offered); otherwise
   (``letta_v1_agent`` sends ``tool_choice="auto"``) it is plain assistant content;
+- ``POST /v1/responses``: the Responses API (non-streaming), a plain ``output_text`` message; with
+  ``responses_refuse_user=True`` a request carrying ``user`` is answered 400
+  ``{"detail": "Unsupported parameter: user"}``, as Codex-style Responses backends do;
+- ``POST /openai/deployments/{deployment}/embeddings?api-version=...``: Azure OpenAI's embedding
+  path (the deployment is the model; the key comes in the ``api-key`` header);
 - ``POST /v1/embeddings``: deterministic unit vectors of the requested (``dimensions``) or declared
   dimension, as floats or base64 float32 (the ``openai`` package asks for base64 by default).
 
@@ -116,6 +121,7 @@ class MockOpenAI:
     rate_limit: int | None = None  # chat completions per key and window; more answer 429 with Retry-After
     rate_window_s: float = 60.0  # the rate limit's fixed window, from a key's first request in it
     hang: bool = False  # chat completions are never answered (see the module docstring)
+    responses_refuse_user: bool = False  # POST /v1/responses with 'user' answers 400 (see the module docstring)
 
     def __post_init__(self) -> None:
         self._hangs: list[Hang] = []
@@ -184,6 +190,10 @@ class MockOpenAI:
             r for r in self.requests
             if r.path.split("?", 1)[0].rstrip("/").endswith(path_suffix.rstrip("/")) and (method is None or r.method == method)
         ]
+
+    def responses_requests(self) -> list[RecordedRequest]:
+        """The ``POST /v1/responses`` requests received so far."""
+        return self.requests_to("/responses", "POST")
 
     def chat_requests(self) -> list[RecordedRequest]:
         """The ``POST /v1/chat/completions`` requests received so far."""
@@ -356,6 +366,10 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         request = RecordedRequest(method=method, path=self.path, headers=headers, body=body, client_port=self.client_address[1])
         queued = self.mock._record(request)
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if method == "POST" and path.startswith("/openai/deployments/") and path.endswith("/embeddings"):
+            self._azure_embeddings(path, headers, body if isinstance(body, dict) else {})
+            return
         if self.mock.api_key is not None and request.api_key != self.mock.api_key and request.api_key not in self.mock.api_keys:
             self._send_error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             return
@@ -384,6 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat_completions(body if isinstance(body, dict) else {})
         elif method == "POST" and path == "/v1/embeddings":
             self._embeddings(body if isinstance(body, dict) else {})
+        elif method == "POST" and path == "/v1/responses":
+            self._responses(body if isinstance(body, dict) else {})
         else:
             self._send_error(404, f"Unknown request URL: {method} {path}", "invalid_request_error", "unknown_url")
 
@@ -509,6 +525,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
+
+    def _responses(self, body: dict[str, Any]) -> None:
+        """OpenAI's Responses API, non-streaming: one assistant message with the reply."""
+        model = body.get("model")
+        if self.mock.responses_refuse_user and "user" in body:
+            self._send_json(400, {"detail": "Unsupported parameter: user"})
+            return
+        if model not in self.mock.chat_models:
+            self._send_error(404, f"The model '{model}' does not exist", "invalid_request_error", "model_not_found")
+            return
+        reply = self.mock._reply_text(body)
+        input_tokens = max(1, len(json.dumps(body.get("input", []))) // 4)
+        output_tokens = max(1, len(reply) // 4)
+        self._send_json(200, {
+            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "completed", "parallel_tool_calls": False, "tool_choice": body.get("tool_choice") or "auto", "tools": [],
+            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": reply, "annotations": []}]}],
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        })
+
+    def _azure_embeddings(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
+        """Azure OpenAI: the deployment in the path is the model, the key in ``api-key``."""
+        if self.mock.api_key is not None and headers.get("api-key") not in (self.mock.api_key, *self.mock.api_keys):
+            self._send_json(401, {"error": {"code": "401", "message": "Access denied due to invalid subscription key."}})
+            return
+        if "api-version=" not in self.path:
+            self._send_json(404, {"error": {"code": "404", "message": "Resource not found"}})
+            return
+        deployment = path[len("/openai/deployments/"):-len("/embeddings")]
+        self._embeddings({**body, "model": deployment})
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         model = body.get("model")

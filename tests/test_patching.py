@@ -111,3 +111,46 @@ def test_disabled_setting_leaves_upstream_untouched(monkeypatch, scratch_module)
     monkeypatch.setattr(letta_modifications, "PATCH_MODULES", (module.__name__,))
     assert letta_modifications.apply_all(KettaSettings(hard_delete=False)) == []
     assert scratch_module.Greeter().greet() == "stock"
+
+
+def test_a_fix_names_its_upstream_report_is_on_by_default_and_each_can_be_skipped(scratch_module):
+    with pytest.raises(ValueError, match="owner/name#N"):
+        Patch(target="ketta_scratch_upstream:Greeter.greet", replacement=None, fingerprint="x", setting="letta_fixes",
+              why="test", kind="fix")
+    fix = Patch(target="ketta_scratch_upstream:Greeter.greet", replacement=None, fingerprint="x", setting="letta_fixes",
+                why="test", kind="fix", upstream="letta-ai/letta#3144")
+    assert letta_modifications.enabled(fix, KettaSettings())
+    assert not letta_modifications.enabled(fix, KettaSettings(letta_fixes=False))
+    for skipped in ("3144", "letta-ai/letta#3144", "#3144", "3156, 3144"):
+        assert not letta_modifications.enabled(fix, KettaSettings(skip_fixes=skipped)), skipped
+    assert letta_modifications.enabled(fix, KettaSettings(skip_fixes="31440,3156"))
+    fixes = [p for _, p in letta_modifications.iter_patches() if p.kind == "fix"]
+    assert fixes and all(p.upstream.startswith("letta-ai/letta#") and p.setting == "letta_fixes" for p in fixes)
+
+
+def test_an_exception_handler_patch_swaps_the_closure_on_the_built_app_and_reverts(scratch_module):
+    from fastapi import FastAPI
+
+    source = ("def create_application():\n    app = FastAPI()\n\n    @app.exception_handler(KeyError)\n"
+              "    async def key_error_handler(request, exc):\n        return 'stock'\n\n    return app\n")
+    scratch_module.FastAPI = FastAPI
+    exec(compile(source, "<scratch>", "exec"), scratch_module.__dict__)
+    app = scratch_module.create_application()
+
+    async def replacement(request, exc):
+        return "fixed"
+
+    patch = Patch(target="ketta_scratch_upstream:create_application.<locals>.key_error_handler", replacement=replacement,
+                  fingerprint="x", setting="letta_fixes", why="test", mode="exception_handler", kind="fix", upstream="a/b#1")
+    stock = app.exception_handlers[KeyError]
+    assert patching.apply(patch) and patching.install_exception_handlers(app) == 1
+    assert app.exception_handlers[KeyError] is replacement
+    assert patching.revert(patch) and app.exception_handlers[KeyError] is stock
+    gone = Patch(target="ketta_scratch_upstream:create_application.<locals>.renamed_handler", replacement=replacement,
+                 fingerprint="x", setting="letta_fixes", why="test", mode="exception_handler", kind="fix", upstream="a/b#1")
+    patching.apply(gone)
+    try:
+        with pytest.raises(patching.PatchTargetMissing, match="no exception handler of that name"):
+            patching.install_exception_handlers(app)
+    finally:
+        patching.revert(gone)

@@ -73,6 +73,9 @@ def iter_patches() -> Iterator[tuple[str, Patch]]:
 
 
 def enabled(patch: Patch, settings: KettaSettings) -> bool:
+    """A patch's setting is on; a fix's upstream reference is also not in KETTA_SKIP_FIXES."""
+    if patch.kind == "fix" and settings.fix_skipped(patch.upstream):
+        return False
     return bool(getattr(settings, patch.setting))
 
 
@@ -104,7 +107,7 @@ def status_from_source(settings: KettaSettings) -> list[PatchStatus]:
             continue
         for found in declared:
             patch = Patch(target=found.target, replacement=None, fingerprint=found.fingerprint, setting=found.setting,
-                          why=found.why, mode=found.mode)
+                          why=found.why, mode=found.mode, kind=found.kind, upstream=found.upstream)
             try:
                 problem = patch_source.drift(found)
             except patch_source.NotStatic:

@@ -74,7 +74,29 @@ async def request_embeddings(self: OpenAIClient, inputs: list[str], embedding_co
     return await patching.original(EMBEDDINGS_TARGET)(self, inputs, embedding_config)
 
 
+RESPONSES_TARGET = "letta.llm_api.openai_client:OpenAIClient.build_request_data_responses"
+
+
+def build_request_data_responses(self: OpenAIClient, *args: Any, **kwargs: Any) -> dict:
+    """Letta's Responses API request without ``user``: OpenAI deprecated it there, and endpoints
+    that serve the Responses API without it (Codex-style backends, strict proxies) answer 400
+    'Unsupported parameter: user', so every reasoning-model agent on them fails."""
+    request_data = patching.original(RESPONSES_TARGET)(self, *args, **kwargs)
+    request_data.pop("user", None)
+    return request_data
+
+
 PATCHES = [
+    Patch(
+        target=RESPONSES_TARGET,
+        replacement=build_request_data_responses,
+        fingerprint="36c160847023dbdc",
+        setting="letta_fixes",
+        kind="fix",
+        upstream="letta-ai/letta#3144",
+        why="Responses API requests (OpenAI reasoning models on letta_v1_agent) no longer carry 'user', which "
+            "Responses endpoints that do not take it refuse with 400 'Unsupported parameter: user'.",
+    ),
     Patch(
         target=TARGET,
         replacement=_prepare_client_kwargs_embedding,

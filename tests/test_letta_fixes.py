@@ -1,0 +1,80 @@
+"""Fixes of Letta 0.16.8 bugs that upstream never released (patches of kind "fix").
+
+Each test reproduces the upstream report against a real server and the local mocks, twice: on a
+server with every fix off (``KETTA_LETTA_FIXES=false``: Letta's own behaviour) the bug shows; on
+the shared server (fixes on, the default) it is gone. The report each answers is named per test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from conftest import KettaProcess, server_of_its_own, unique
+from mock_openai import MockOpenAI
+
+KEY = "sk-fixes-0d9c"
+
+
+@pytest.fixture(scope="module")
+def fixes_off(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
+    """A server with every fix patch off: what stock Letta 0.16.8 does (Ketta's features stay on)."""
+    with server_of_its_own(pg_uri, tmp_path_factory.mktemp("fixes-off-home"), "fixesoff", KETTA_LETTA_FIXES="false") as proc:
+        yield proc
+
+
+@pytest.fixture(params=["fixes_off", "fixes_on"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, httpx.Client]]:
+    """("fixes_off" | "fixes_on", a client of that server)."""
+    proc: KettaProcess = request.getfixturevalue("fixes_off" if request.param == "fixes_off" else "shared_server")
+    with proc.client() as client:
+        yield request.param, client
+
+
+def make_provider(api: httpx.Client, llm: MockOpenAI, prefix: str) -> str:
+    name = unique(prefix)
+    response = api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": KEY, "base_url": llm.base_url})
+    assert response.status_code == 200, response.text
+    return name
+
+
+def make_agent(api: httpx.Client, provider: str, model: str, **extra: object) -> str:
+    body = {"name": f"fix-{uuid.uuid4().hex[:6]}", "model": f"{provider}/{model}",
+            "embedding": f"{provider}/text-embedding-3-small", **extra}
+    response = api.post("/v1/agents/", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def said(messages: list[dict]) -> str:
+    return "".join(m["content"] for m in messages if m.get("message_type") == "assistant_message" and isinstance(m.get("content"), str))
+
+
+# letta-ai/letta#3144 -------------------------------------------------------------------------
+
+def test_3144_responses_api_requests_carry_no_user(server):
+    """An OpenAI reasoning model (gpt-5*) on a letta_v1_agent goes through the Responses API; Letta
+    0.16.8 puts the actor's id in ``user``, which a Responses endpoint that does not take it refuses
+    with 400 'Unsupported parameter: user'. With the fix the request has no ``user`` and the agent
+    answers."""
+    mode, api = server
+    with MockOpenAI(api_key=KEY, chat_models=("gpt-5-mini",), responses_refuse_user=True,
+                    reply="Answered through the Responses API.") as llm:
+        provider = make_provider(api, llm, "responses")
+        agent_id = make_agent(api, provider, "gpt-5-mini", agent_type="letta_v1_agent")
+        response = api.post(f"/v1/agents/{agent_id}/messages", json={"messages": [{"role": "user", "content": "hello"}]})
+        calls = llm.responses_requests()
+        assert calls, [r.path for r in llm.requests]
+        assert not llm.chat_requests()  # the Responses API, not chat completions
+        if mode == "fixes_off":
+            assert all(str(r.body.get("user", "")).startswith("user-") for r in calls), [r.body.get("user") for r in calls]
+            assert response.status_code != 200 or "Answered through the Responses API." not in said(response.json()["messages"])
+        else:
+            assert all("user" not in r.body for r in calls), [r.body.get("user") for r in calls]
+            assert response.status_code == 200, response.text
+            assert "Answered through the Responses API." in said(response.json()["messages"])
+            assert calls[0].api_key == KEY and calls[0].body["model"] == "gpt-5-mini"
