@@ -78,3 +78,53 @@ def test_3144_responses_api_requests_carry_no_user(server):
             assert response.status_code == 200, response.text
             assert "Answered through the Responses API." in said(response.json()["messages"])
             assert calls[0].api_key == KEY and calls[0].body["model"] == "gpt-5-mini"
+
+
+# letta-ai/letta#3304 -------------------------------------------------------------------------
+
+LETTA_RATE_LIMIT_SENTENCE = "Rate limit exceeded for LLM model provider. Please wait before making another request."
+LETTA_BYOK_RATE_LIMIT_SENTENCE = ("Rate limit exceeded on your API key. Please check your provider's rate limits and billing, "
+                                  "or reduce request frequency.")
+PROVIDER_TEXT = "Insufficient balance or no resource package. Please recharge."
+
+
+def error_events(response: httpx.Response) -> list[dict]:
+    """The ``event: error`` payloads of an SSE answer."""
+    import json
+
+    found, lines = [], response.text.splitlines()
+    for index, line in enumerate(lines):
+        if line == "event: error" and index + 1 < len(lines) and lines[index + 1].startswith("data: "):
+            found.append(json.loads(lines[index + 1][6:]))
+    return found
+
+
+def test_3304_a_rate_limited_call_tells_the_caller_what_the_provider_said(server):
+    """A provider answering 429 with its own reason (Zhipu's 'Insufficient balance ...'): Letta
+    0.16.8 tells the caller only 'Rate limit exceeded ... Please wait', blocking and streamed; with
+    the fix ``message`` carries the provider's text. ``detail`` has it either way."""
+    mode, api = server
+    with MockOpenAI(api_key=KEY) as llm:
+        provider = make_provider(api, llm, "rate-limited")
+        agent_id = make_agent(api, provider, "mock-chat-1")
+        for _ in range(8):  # every try of both messages (Ketta retries a 429 once)
+            llm.queue_error(429, PROVIDER_TEXT, type="insufficient_quota_1113")
+        body = {"messages": [{"role": "user", "content": "hello"}]}
+
+        blocking = api.post(f"/v1/agents/{agent_id}/messages", json=body)
+        assert blocking.status_code == 429, blocking.text
+        error = blocking.json()["error"]
+        assert error["type"] == "llm_rate_limit" and PROVIDER_TEXT in error["detail"]
+
+        streamed = api.post(f"/v1/agents/{agent_id}/messages/stream", json={**body, "stream_tokens": False})
+        assert streamed.status_code == 200, streamed.text
+        [event] = error_events(streamed)
+        assert event["error_type"] == "llm_rate_limit" and PROVIDER_TEXT in event["detail"]
+        assert llm.chat_requests(), "the LLM was never called"
+
+        if mode == "fixes_off":
+            assert error["message"] == LETTA_BYOK_RATE_LIMIT_SENTENCE  # every Ketta provider is a BYOK row
+            assert event["message"] == LETTA_RATE_LIMIT_SENTENCE
+        else:
+            assert error["message"] == f"Rate limited by the LLM provider: {PROVIDER_TEXT}"
+            assert event["message"] == f"Rate limited by the LLM provider: {PROVIDER_TEXT}"

@@ -48,6 +48,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.files_agents_manager",
     "ketta.letta_modifications.services.organization_manager",
     "ketta.letta_modifications.services.user_manager",
+    "ketta.letta_modifications.services.streaming_service",
 )
 
 

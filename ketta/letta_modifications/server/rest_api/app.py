@@ -3,15 +3,32 @@
 Letta's lifespan calls ``nltk.download("punkt_tab")`` on every start. Ketta never downloads
 data at run time; the patch replaces that call target (looked up at call time) with a no-op
 that logs what was skipped.
+
+Fix of letta-ai/letta#3304: the app's rate-limit handler (a closure inside
+``create_application``) tells the caller the provider's own error text instead of one fixed
+sentence (:mod:`ketta.llm_errors`).
 """
 
 from __future__ import annotations
 
 import logging
 
+from typing import Any
+
+from ketta.llm_errors import rate_limit_message
 from ketta.patching import Patch
 
 log = logging.getLogger("ketta")
+
+RATE_LIMIT_HANDLER = "letta.server.rest_api.app:create_application.<locals>.llm_rate_limit_error_handler"
+
+
+async def llm_rate_limit_error_handler(request: Any, exc: Any) -> Any:
+    """429 with Letta's error shape; ``message`` is what the provider said, ``detail`` as before."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=429, content={"error": {"type": "llm_rate_limit", "message": rate_limit_message(exc),
+                                                            "detail": str(exc)}})
 
 
 def download(info_or_id: str | None = None, *args: object, **kwargs: object) -> bool:
@@ -26,5 +43,16 @@ PATCHES = [
         fingerprint="7b73f6a208a00db2",
         setting="offline",
         why="Letta's lifespan downloads NLTK data at every start; Ketta never leaves the machine at run time.",
+    ),
+    Patch(
+        target=RATE_LIMIT_HANDLER,
+        replacement=llm_rate_limit_error_handler,
+        fingerprint="b86ac0a393e72789",  # of create_application, which defines and registers the handler
+        setting="letta_fixes",
+        mode="exception_handler",
+        kind="fix",
+        upstream="letta-ai/letta#3304",
+        why="A 429 from the LLM provider answers with the provider's own text in 'message' (e.g. 'Insufficient balance'), "
+            "not Letta's fixed 'Rate limit exceeded ... Please wait' (blocking message endpoints).",
     ),
 ]
