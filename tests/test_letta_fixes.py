@@ -128,3 +128,61 @@ def test_3304_a_rate_limited_call_tells_the_caller_what_the_provider_said(server
         else:
             assert error["message"] == f"Rate limited by the LLM provider: {PROVIDER_TEXT}"
             assert event["message"] == f"Rate limited by the LLM provider: {PROVIDER_TEXT}"
+
+
+# letta-ai/letta#3164 -------------------------------------------------------------------------
+
+@pytest.fixture(params=["fixes_off", "fixes_on"])
+def embedder_fix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The file embedder as stock Letta has it, or with the #3164 fix applied (in this process)."""
+    from ketta import patching
+    from ketta.letta_modifications.services.file_processor.embedder import openai_embedder
+
+    [patch] = openai_embedder.PATCHES
+    applied_here = request.param == "fixes_on" and patching.apply(patch)
+    was_applied = patching.is_applied(patch)
+    if request.param == "fixes_off" and was_applied:
+        patching.revert(patch)
+    try:
+        yield request.param
+    finally:
+        if applied_here:
+            patching.revert(patch)
+        elif request.param == "fixes_off" and was_applied:
+            patching.apply(patch)
+
+
+async def test_3164_an_uploaded_file_on_azure_embeddings_is_embedded_by_azure(embedder_fix, monkeypatch):
+    """Letta's file processor embeds with ``OpenAIEmbedder`` (folders/sources upload). With an
+    Azure embedding config it sends OpenAI's ``POST {endpoint}/embeddings``, which Azure answers
+    404: no passage. With the fix the chunks go to Azure's deployment path with the ``api-key``
+    header and come back as passages. (In this process: the upload route needs an Azure provider
+    whose model listing the mock does not serve; the embedder is what the route calls.)"""
+    from letta.schemas.embedding_config import EmbeddingConfig
+    from letta.schemas.user import User
+    from letta.services.file_processor.embedder.openai_embedder import OpenAIEmbedder
+    from letta.settings import model_settings
+
+    azure_key = "azure-key-5c1e"
+    with MockOpenAI(api_key=azure_key) as azure:
+        endpoint = azure.base_url.removesuffix("/v1")
+        monkeypatch.setattr(model_settings, "azure_api_key", azure_key)
+        monkeypatch.setattr(model_settings, "azure_base_url", endpoint)
+        monkeypatch.setattr(model_settings, "azure_api_version", "2024-10-21")
+        config = EmbeddingConfig(embedding_endpoint_type="azure", embedding_endpoint=endpoint,
+                                 embedding_model="text-embedding-3-small", embedding_dim=1536)
+        actor = User(id="user-00000000-0000-4000-8000-000000000000", organization_id="org-00000000-0000-4000-8000-000000000000",
+                     name="file uploader")
+        chunks = ["The first chunk of the uploaded file.", "The second chunk."]
+        embedder = OpenAIEmbedder(embedding_config=config)
+        if embedder_fix == "fixes_off":
+            with pytest.raises(Exception):
+                await embedder.generate_embedded_passages("file-1", "source-1", chunks, actor)
+            assert [r.path for r in azure.requests] and all(r.path.split("?")[0] == "/embeddings" for r in azure.requests)
+            return
+        passages = await embedder.generate_embedded_passages("file-1", "source-1", chunks, actor)
+        assert [p.text for p in passages] == chunks and all(len(p.embedding) == 1536 for p in passages)
+        calls = azure.requests
+        assert calls and all(r.path.startswith("/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21")
+                             for r in calls), [r.path for r in calls]
+        assert all(r.headers.get("api-key") == azure_key for r in calls)
