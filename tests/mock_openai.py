@@ -7,7 +7,8 @@ It speaks the real wire format, so Letta's own OpenAI client talks to it unchang
   (``data: {chunk}`` lines, then ``data: [DONE]``). When tools are offered and the caller forces
   a tool call (``tool_choice`` ``"required"`` or a named function, as Letta's memgpt-style agents
   do), the answer is a tool call (``send_message`` with the reply when offered); otherwise
-  (``letta_v1_agent`` sends ``tool_choice="auto"``) it is plain assistant content;
+  (``letta_v1_agent`` sends ``tool_choice="auto"``) it is plain assistant content; with
+  ``force_tool`` set, that tool is called once per conversation whenever it is offered;
 - ``POST /v1/responses``: the Responses API (non-streaming), a plain ``output_text`` message; with
   ``responses_refuse_user=True`` a request carrying ``user`` is answered 400
   ``{"detail": "Unsupported parameter: user"}``, as Codex-style Responses backends do;
@@ -122,6 +123,7 @@ class MockOpenAI:
     rate_window_s: float = 60.0  # the rate limit's fixed window, from a key's first request in it
     hang: bool = False  # chat completions are never answered (see the module docstring)
     responses_refuse_user: bool = False  # POST /v1/responses with 'user' answers 400 (see the module docstring)
+    force_tool: str | None = None  # call this tool (when offered) once per conversation, whatever tool_choice says
 
     def __post_init__(self) -> None:
         self._hangs: list[Hang] = []
@@ -312,10 +314,16 @@ def _tool_arguments(tool: dict[str, Any], reply: str) -> dict[str, Any]:
     return arguments
 
 
-def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool the caller forces (``required`` or named), preferring ``send_message``; else None."""
+def _forced_tool(body: dict[str, Any], force_tool: str | None = None) -> dict[str, Any] | None:
+    """The tool the caller forces (``required`` or named), preferring ``send_message``; else None.
+    ``force_tool``: that tool, when offered and not yet called in this conversation."""
     tools: list[dict[str, Any]] = body.get("tools") or []
     choice = body.get("tool_choice")
+    if force_tool is not None:
+        called = {(c.get("function") or {}).get("name") for m in body.get("messages") or [] for c in m.get("tool_calls") or []}
+        offered = [t for t in tools if t.get("function", {}).get("name") == force_tool]
+        if offered and force_tool not in called:
+            return offered[0]
     if not tools or choice in (None, "auto", "none"):
         return None
     by_name = {t.get("function", {}).get("name"): t for t in tools}
@@ -430,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.mock.latency_s:
             time.sleep(self.mock.latency_s)
         reply = self.mock._reply_text(body)
-        tool = _forced_tool(body)
+        tool = _forced_tool(body, self.mock.force_tool)
         tool_call = None
         if tool is not None:
             tool_call = {

@@ -186,3 +186,53 @@ async def test_3164_an_uploaded_file_on_azure_embeddings_is_embedded_by_azure(em
         assert calls and all(r.path.startswith("/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21")
                              for r in calls), [r.path for r in calls]
         assert all(r.headers.get("api-key") == azure_key for r in calls)
+
+
+# letta-ai/letta#3156 -------------------------------------------------------------------------
+
+def test_3156_a_conversation_whose_approval_run_was_cancelled_takes_new_messages(server):
+    """A conversation's agent asks to run a tool that needs approval; the run stops at
+    ``requires_approval`` (still answering 409 to a new message: that approval is live). The
+    caller cancels the run by id: Letta 0.16.8's ``cancel_run`` looks for the pending approval in
+    the agent's own message list, not the conversation's, so the request stays the conversation's
+    last message and every later message is refused 409 ("waiting for approval") for good. With the fix an
+    approval whose run was cancelled (or failed) is closed as denied and the message is answered."""
+    mode, api = server
+    with MockOpenAI(api_key=KEY, force_tool="conversation_search", reply="Back after the cancelled run.") as llm:
+        provider = make_provider(api, llm, "approvals")
+        agent_id = make_agent(api, provider, "mock-chat-1", agent_type="letta_v1_agent")
+        approval = api.patch(f"/v1/agents/{agent_id}/tools/approval/conversation_search", json={"requires_approval": True})
+        assert approval.status_code == 200, approval.text
+        conversation = api.post("/v1/conversations/", params={"agent_id": agent_id}, json={})
+        assert conversation.status_code == 200, conversation.text
+        conversation_id = conversation.json()["id"]
+
+        def send(text: str) -> httpx.Response:
+            return api.post(f"/v1/conversations/{conversation_id}/messages",
+                            json={"messages": [{"role": "user", "content": text}], "streaming": False})
+
+        first = send("search our history")
+        assert first.status_code == 200, first.text
+        assert first.json()["stop_reason"]["stop_reason"] == "requires_approval", first.json()
+        [request] = [m for m in first.json()["messages"] if m["message_type"] == "approval_request_message"]
+        run_id = request["run_id"]
+        live = send("are you there?")  # the approval is live: refused on every server
+        assert live.status_code == 409 and "waiting for approval" in live.text, live.text
+
+        cancelled = api.post(f"/v1/agents/{agent_id}/messages/cancel", json={"run_ids": [run_id]})
+        assert cancelled.status_code == 200, cancelled.text
+        assert api.get(f"/v1/runs/{run_id}").json()["status"] == "cancelled"
+
+        after = send("hello again")
+        if mode == "fixes_off":
+            assert after.status_code == 409 and "waiting for approval" in after.text, after.text
+            assert send("still stuck?").status_code == 409
+            return
+        assert after.status_code == 200, after.text
+        assert "Back after the cancelled run." in said(after.json()["messages"])
+        last = llm.chat_requests()[-1].body["messages"]
+        [call] = [c for m in last for c in m.get("tool_calls") or [] if c["function"]["name"] == "conversation_search"]
+        [result] = [m for m in last if m.get("role") == "tool" and m.get("tool_call_id") == call["id"]]
+        assert "cancelled" in str(result["content"]), result  # the orphaned call is answered as denied
+        assert last[-1]["role"] == "user" and "hello again" in str(last[-1]["content"])
+        assert send("and once more").status_code == 200
