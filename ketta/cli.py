@@ -230,6 +230,8 @@ def _upstream_summary(patch: "Patch", tests: list[str] | None) -> str:
     """How many of Letta's own tests reach a patch, per file (``ketta patches tests`` lists them)."""
     if patch.mode == "enum_member":
         return "an enum member: no code of its own to trace"
+    if patch.mode == "exception_handler":
+        return "a handler of the app Ketta builds (Letta's tests use their own app): not traced"
     if tests is None:
         return "not recorded (tests/upstream/run.py --record)"
     if not tests:

@@ -186,6 +186,13 @@ async def test_3164_an_uploaded_file_on_azure_embeddings_is_embedded_by_azure(em
         assert calls and all(r.path.startswith("/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21")
                              for r in calls), [r.path for r in calls]
         assert all(r.headers.get("api-key") == azure_key for r in calls)
+        # Endpoint types Letta has no client of its own for (the proposal's ProviderType(...) raised
+        # ValueError on these) keep the OpenAI client.
+        from letta.llm_api.openai_client import OpenAIClient
+
+        local = OpenAIEmbedder(embedding_config=EmbeddingConfig(embedding_endpoint_type="lmstudio", embedding_endpoint=endpoint,
+                                                                embedding_model="nomic-embed", embedding_dim=768))
+        assert type(local.client) is OpenAIClient
 
 
 # letta-ai/letta#3156 -------------------------------------------------------------------------

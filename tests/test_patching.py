@@ -154,3 +154,31 @@ def test_an_exception_handler_patch_swaps_the_closure_on_the_built_app_and_rever
             patching.install_exception_handlers(app)
     finally:
         patching.revert(gone)
+
+
+def test_fingerprints_still_guard_against_a_different_installed_letta(tmp_path, monkeypatch):
+    """No Letta release will come after 0.16.8, but a different letta can still be installed (an
+    older release, a fork, the archive branch): every fingerprint is of the installed source, so a
+    target that differs, handler closures included, is drift, and a handler gone is a missing target."""
+    from ketta import patch_source
+
+    handler = "create_application.<locals>.llm_rate_limit_error_handler"
+    for name, body in (("ketta_fp_released", "return 1"), ("ketta_fp_changed", "return 2"), ("ketta_fp_renamed", None)):
+        package = tmp_path / name
+        package.mkdir()
+        inner = f"    async def {'llm_rate_limit_error_handler' if body else 'rate_limit_handler'}(request, exc):\n        {body or 'return 1'}\n"
+        (package / "__init__.py").write_text("")
+        (package / "app.py").write_text(f"def create_application():\n{inner}    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def handler_patch(module: str, fingerprint: str) -> Patch:
+        return Patch(target=f"{module}.app:{handler}", replacement=None, fingerprint=fingerprint, setting="letta_fixes",
+                     why="test", mode="exception_handler", kind="fix", upstream="letta-ai/letta#3304")
+
+    written_against = patching.current_fingerprint(handler_patch("ketta_fp_released", ""))
+    assert patching.drift(handler_patch("ketta_fp_released", written_against)) is None
+    assert "upstream source changed" in patching.drift(handler_patch("ketta_fp_changed", written_against))
+    assert "no longer defines llm_rate_limit_error_handler" in patching.drift(handler_patch("ketta_fp_renamed", written_against))
+    with pytest.raises(patch_source.NotStatic):
+        patch_source.drift(patch_source.Declared(target=f"ketta_fp_changed.app:{handler}", fingerprint=written_against,
+                                                 setting="letta_fixes", why="test", mode="exception_handler"))
