@@ -156,6 +156,10 @@ def create_app() -> FastAPI:
         from ketta.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
 
         app.add_middleware(ProviderSecretsFilter)
+        if get_settings().unified_providers:
+            from ketta import model_listing
+
+            model_listing.install(app)  # GET /v1/models/ lists embedding models too (Klui's pickers)
         if get_settings().provider_health:
             from ketta.provider_health_api import router as health_router
 

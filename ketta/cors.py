@@ -18,6 +18,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 DEFAULT_ORIGINS: tuple[str, ...] = ("http://localhost:8080", "http://127.0.0.1:8080")
+# Klui sends Content-Type: application/json on every call, so its web build preflights each one;
+# browsers keep a preflight answer at most 2 h (Chromium's cap), Starlette's default is 10 min.
+PREFLIGHT_MAX_AGE = 7200
 
 
 def settle_origins() -> list[str]:
@@ -29,10 +32,12 @@ def settle_origins() -> list[str]:
 
 
 def outermost(app: FastAPI) -> None:
-    """Move the CORS middleware to the outside, so preflights never meet a login check."""
+    """Move the CORS middleware to the outside, so preflights never meet a login check; preflight
+    answers are cached by the browser for :data:`PREFLIGHT_MAX_AGE` seconds."""
     cors = [m for m in app.user_middleware if m.cls is CORSMiddleware]
     if not cors:
         return
+    cors[-1].kwargs["max_age"] = PREFLIGHT_MAX_AGE
     app.user_middleware[:] = cors[-1:] + [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     app.middleware_stack = None  # rebuilt from user_middleware on the first request
 

@@ -109,6 +109,7 @@ class KettaSettings(BaseSettings):
     provider_cooldown: float = Field(default=30.0, ge=0, description="Seconds a provider that answered 429 without Retry-After is skipped (0: never).")
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
+    gateway_errors: bool = Field(default=True, description="A blocking message whose LLM provider failed answers 502/503/504 naming the provider (with its Retry-After), not Letta's 500.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     def fix_skipped(self, upstream: str) -> bool:

@@ -77,3 +77,24 @@ def test_acceptable_origins_with_login_on(start_ketta: Callable[..., KettaProces
     no_token = httpx.get(f"{server.url}/v1/providers/", headers={"Origin": klui})
     assert no_token.status_code == 401, "login is on"
     assert_allowed(no_token, klui)  # the page can read why
+
+
+# Klui's calls, as its web build preflights them: every request carries Content-Type: application/json.
+KLUI_CALLS = [("GET", "/v1/models/?provider_name=x"), ("POST", "/v1/agents/"), ("DELETE", "/v1/providers/provider-1"),
+              ("PATCH", "/v1/providers/provider-1"), ("POST", "/v1/agents/agent-1/messages/stream")]
+
+
+@pytest.mark.parametrize("method,path", KLUI_CALLS)
+def test_klui_preflights_are_cached_and_need_no_token(shared_server: KettaProcess, method: str, path: str) -> None:
+    """A preflight carries no token (login is on here) and its answer is cached by the browser."""
+    origin = "http://localhost:8080"
+    for requested in ("content-type", "authorization,content-type"):  # a Klui build without and with a token
+        answer = httpx.options(f"{shared_server.url}{path}", headers={
+            "Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": requested})
+        assert answer.status_code == 200, answer.text
+        assert_allowed(answer, origin)
+        assert answer.headers.get("access-control-max-age") == "7200", dict(answer.headers)
+        assert method in answer.headers["access-control-allow-methods"]
+    refused = httpx.options(f"{shared_server.url}{path}", headers={"Origin": "https://evil.example", **PREFLIGHT_HEADERS})
+    assert refused.status_code == 400
+    assert_refused(refused)

@@ -12,7 +12,6 @@ sentence (:mod:`ketta.llm_errors`).
 from __future__ import annotations
 
 import logging
-
 from typing import Any
 
 from ketta.llm_errors import rate_limit_message
@@ -21,6 +20,7 @@ from ketta.patching import Patch
 log = logging.getLogger("ketta")
 
 RATE_LIMIT_HANDLER = "letta.server.rest_api.app:create_application.<locals>.llm_rate_limit_error_handler"
+LLM_ERROR_HANDLER = "letta.server.rest_api.app:create_application.<locals>.llm_error_handler"
 
 
 async def llm_rate_limit_error_handler(request: Any, exc: Any) -> Any:
@@ -29,6 +29,13 @@ async def llm_rate_limit_error_handler(request: Any, exc: Any) -> Any:
 
     return JSONResponse(status_code=429, content={"error": {"type": "llm_rate_limit", "message": rate_limit_message(exc),
                                                             "detail": str(exc)}})
+
+
+async def llm_error_handler(request: Any, exc: Any) -> Any:
+    """An LLM error without a handler of its own: 502/503/504 naming the provider (:mod:`ketta.upstream_errors`)."""
+    from ketta.upstream_errors import gateway_answer
+
+    return await gateway_answer(request, exc)
 
 
 def download(info_or_id: str | None = None, *args: object, **kwargs: object) -> bool:
@@ -54,5 +61,14 @@ PATCHES = [
         upstream="letta-ai/letta#3304",
         why="A 429 from the LLM provider answers with the provider's own text in 'message' (e.g. 'Insufficient balance'), "
             "not Letta's fixed 'Rate limit exceeded ... Please wait' (blocking message endpoints).",
+    ),
+    Patch(
+        target=LLM_ERROR_HANDLER,
+        replacement=llm_error_handler,
+        fingerprint="b86ac0a393e72789",  # of create_application, which defines and registers the handler
+        setting="gateway_errors",
+        mode="exception_handler",
+        why="An LLM provider's failure (its 5xx, a refused connection, a model it no longer serves) answers 502/503/504 "
+            "naming the provider, with its Retry-After, instead of 500 'llm_error' that clients retry as a server fault.",
     ),
 ]
