@@ -1,12 +1,33 @@
 """Shared fixtures: a real PostgreSQL (embedded, or LETTA_PG_URI's server) and Ketta servers.
 
 Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
+
+How the suite stays fast (README "Tests"): the whole suite runs on parallel workers
+(pytest-xdist, ``-n auto`` in pyproject: ``WORKERS_FOR_THE_SUITE`` workers when no test file is
+named, in-process when one is). Each worker is a pytest session of its own, so every session
+fixture below exists once per worker. A new server start costs every run ~30 s of CPU: prefer,
+in this order,
+
+- ``api`` / ``shared_server`` / ``shared_db``: the session's Ketta server (default settings, login
+  on with ``TEST_TOKEN``) on the suite's PostgreSQL; use ``unique()`` names, assert only on what
+  your test made (other tests share it).
+- a module-scoped fixture built on ``server_of_its_own(pg_uri, home, prefix, **env)`` when tests
+  need other settings: one server per module, on a database of its own. Tests using a
+  module-scoped fixture are kept on one worker (``xdist_group`` set at collection), so it starts once.
+- ``start_ketta`` only when the test is about a start or a stop (or kills the server); pass
+  ``LETTA_PG_URI=database_uri`` unless the embedded PostgreSQL is what is tested (an embedded one
+  runs ``initdb``: several seconds more).
+
+Markers follow from fixtures: a test using ``start_ketta`` or a module/session fixture that
+starts a server of its own is marked ``slow`` at collection, so ``-m "not slow"`` leaves them out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import resource
 import shutil
 import socketserver
 import threading
@@ -45,6 +66,84 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     basetemp = getattr(config, "_ketta_basetemp", None)
     if basetemp:
         shutil.rmtree(basetemp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed: parallel workers, markers from fixtures, the longest tests first, the wall time printed.
+
+# Workers for a run of the whole suite (or of directories). Tests mostly wait on servers and
+# subprocesses, so more workers than the 2 cores CI has still pays; a named test file runs in-process.
+WORKERS_FOR_THE_SUITE = 3
+_STARTED = time.monotonic()
+
+# Tests that take minutes, started first so the others fill the workers around them (measured).
+LONGEST_FIRST = (
+    "tests/upstream/test_upstream_suite.py::test_letta_tests_pass_under_ketta_except_the_declared_differences",
+    "tests/test_packaging.py::",
+    "tests/upstream/test_upstream_suite.py::test_a_",
+)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject): WORKERS_FOR_THE_SUITE for the suite or directories, none (in-process,
+    no worker start-up) when test files or ids are named; PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if any(".py" in arg for arg in config.args):
+        return 0
+    return WORKERS_FOR_THE_SUITE
+
+
+_STARTS_SERVER = ("server_of_its_own(", "KettaProcess(", "start_ketta(", "subprocess.Popen(")
+_fixture_starts_server: dict[object, bool] = {}
+
+
+def _starts_a_server(func: object) -> bool:
+    """Whether a fixture function starts a server of its own (read from its source, cached)."""
+    if func not in _fixture_starts_server:
+        try:
+            source = inspect.getsource(func)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        _fixture_starts_server[func] = any(call in source for call in _STARTS_SERVER)
+    return _fixture_starts_server[func]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks from fixtures, and the order the workers take tests in.
+
+    - ``slow``: the test uses ``start_ketta`` or a module/class-scoped fixture that starts a server.
+    - ``xdist_group(<module>)``: the test uses a module/class-scoped fixture: that module's tests run
+      on one worker, so the fixture is set up once.
+    - order: LONGEST_FIRST, then tests that start servers, then the rest (stable otherwise).
+    """
+    rank: dict[str, int] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d for name in (info.names_closure if info else []) for d in (info.name2fixturedefs.get(name) or ())[-1:]]
+        scoped = [d for d in defs if d.scope in ("module", "class", "package")]
+        own_server = "start_ketta" in (info.names_closure if info else ()) or any(_starts_a_server(d.func) for d in scoped)
+        if own_server and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+        if scoped and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        longest = next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), None)
+        rank[item.nodeid] = longest if longest is not None else (len(LONGEST_FIRST) if own_server else len(LONGEST_FIRST) + 1)
+    items.sort(key=lambda item: rank[item.nodeid])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """How long the run took, for the README's figure (the controller's wall clock, workers included)."""
+    if hasattr(config, "workerinput"):
+        return
+    workers = getattr(config.option, "numprocesses", 0) or 0
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # workers, servers, CLIs (not PostgreSQL)
+    terminalreporter.write_line(
+        f"Ketta test suite: {time.monotonic() - _STARTED:.0f} s wall, {cpu:.0f} s CPU, {workers or 'no'} parallel worker(s), "
+        f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}"
+    )
 
 # Env vars a developer's shell may carry that would change what a test server does.
 _SCRUBBED_PREFIXES = ("LETTA_", "KETTA_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "OLLAMA_", "MOONSHOT_", "KIMI_", "GROQ_",
