@@ -55,9 +55,10 @@ def test_default_refuses_other_sites(shared_server: KettaProcess, origin: str) -
 
 
 @pytest.mark.slow
-def test_acceptable_origins_with_login_on(start_ketta: Callable[..., KettaProcess]) -> None:
+def test_acceptable_origins_with_login_on(start_ketta: Callable[..., KettaProcess], database_uri: str) -> None:
     klui = "https://klui.example.org"
     server = start_ketta(env={
+        "LETTA_PG_URI": database_uri,
         "ACCEPTABLE_ORIGINS": f" {klui}/ , http://localhost:9000",  # spaces and a trailing '/' are forgiven
         "LETTA_SERVER_SECURE": "true",  # login on (Letta's own check, token = LETTA_SERVER_PASSWORD)
     })
