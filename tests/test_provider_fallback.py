@@ -267,3 +267,45 @@ def test_a_hundred_messages_through_the_fallback_with_no_client_error(start_kett
     assert len(p429.chat_requests()) == asked_429
     for kind, status_class in (("503", "5xx"), ("hanging", "timeout"), ("refusing", "connection")):
         assert health[kind]["status_classes"] == {status_class: per_agent} and health[kind]["state"] == "down", (kind, health[kind])
+
+
+def test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing(shared_server: KettaProcess, primary: MockOpenAI,
+                                                                                   backup: MockOpenAI) -> None:
+    """README "Fallback handles": a list of at most 5 existing handles, not the agent's own model, of
+    the same API format; 400 naming the handle otherwise, on create and on PATCH, nothing stored."""
+    from mock_anthropic import MockAnthropic
+
+    with shared_server.client() as client, MockAnthropic(api_key="sk-ant-fallback") as claude:
+        made = setup(client, primary, backup)
+        own, other = f"{made['names']['primary']}/mock-chat-1", f"{made['names']['backup']}/mock-chat-1"
+        claude_name = f"claude-{uuid.uuid4().hex[:8]}"
+        created = client.post("/v1/providers/", json={"name": claude_name, "provider_type": "anthropic",
+                                                      "api_key": "sk-ant-fallback", "base_url": claude.base_url})
+        assert created.status_code == 200, created.text
+        anthropic_handle = f"{claude_name}/claude-mock-1"
+        assert any(m["handle"] == anthropic_handle for m in client.get("/v1/models/", params={"provider_name": claude_name}).json())
+        # six existing handles of the same format: five pass, six are one too many
+        extra = [f"more-{n}-{uuid.uuid4().hex[:8]}" for n in range(5)]
+        for name in extra:
+            provider(client, name, backup, BACKUP_KEY)
+        six = [other, *(f"{name}/mock-chat-1" for name in extra)]
+        cases = {
+            "too many": (six, "at most 5"),
+            "own model": ([other, own], f"'{own}' is the agent's own model"),
+            "other format": ([anthropic_handle], f"'{anthropic_handle}' speaks 'anthropic'"),
+            "unknown": ([other, "no-such-provider/mock-chat-1"], "no-such-provider/mock-chat-1"),
+            "not a list": ("x/y", "must be a list"),
+        }
+        base = {"agent_type": "letta_v1_agent", "include_base_tools": False, "model": own,
+                "embedding": f"{made['names']['backup']}/text-embedding-3-small"}
+        for case, (handles, says) in cases.items():
+            name = f"refused-{uuid.uuid4().hex[:8]}"
+            refused = client.post("/v1/agents/", json={**base, "name": name, "metadata": {FALLBACKS: handles}})
+            assert refused.status_code == 400 and says in refused.json()["detail"], (case, refused.text)
+            assert name not in [a["name"] for a in client.get("/v1/agents/", params={"name": name}).json()], case
+            patched = client.patch(f"/v1/agents/{made['agent']}", json={"metadata": {FALLBACKS: handles}})
+            assert patched.status_code == 400 and says in patched.json()["detail"], (case, patched.text)
+            assert client.get(f"/v1/agents/{made['agent']}").json()["metadata"][FALLBACKS] == [other], case
+        five = client.patch(f"/v1/agents/{made['agent']}", json={"metadata": {FALLBACKS: six[:5]}})
+        assert five.status_code == 200, five.text
+        assert client.get(f"/v1/agents/{made['agent']}").json()["metadata"][FALLBACKS] == six[:5]

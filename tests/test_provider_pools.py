@@ -244,3 +244,48 @@ def test_a_failing_member_is_asked_once_when_another_can_answer(shared_server: K
         replies = [send(client, agent.json()["id"]) for _ in range(3)]
     assert [r.status_code for r in replies] == [200] * 3 and {answer(r) for r in replies} == {"from the good one"}
     assert len(bad.chat_requests()) == 1 and len(good.chat_requests()) == 3
+
+
+def test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing(shared_server: KettaProcess, llm: MockOpenAI) -> None:
+    """README "Pools": 1 to 20 existing providers, by name or id, of one provider_type, none a pool,
+    named once, sharing a chat model; 400 naming what to fix on create and PATCH, nothing stored;
+    a taken name 409; deleting a member removes it from its pools."""
+    from mock_anthropic import MockAnthropic
+
+    with shared_server.client() as client, MockAnthropic(api_key="sk-ant-pool") as claude, \
+            MockOpenAI(api_key="sk-other-models", chat_models=("other-chat-1",)) as elsewhere:
+        made = make_pool(client, llm)
+        pool, members = made["pool"], made["members"]
+        suffix = uuid.uuid4().hex[:8]
+        claude_name, other_models = f"claude-{suffix}", f"other-models-{suffix}"
+        assert client.post("/v1/providers/", json={"name": claude_name, "provider_type": "anthropic", "api_key": "sk-ant-pool",
+                                                   "base_url": claude.base_url}).status_code == 200
+        assert client.post("/v1/providers/", json={"name": other_models, "provider_type": "openai", "api_key": "sk-other-models",
+                                                   "base_url": elsewhere.base_url}).status_code == 200
+        a, b = members[0]["name"], members[1]["id"]  # by name and by id
+        cases = {
+            "empty": ([], "non-empty list"),
+            "21 members": ([f"p{n}" for n in range(21)], "at most 20"),
+            "unknown": ([a, "no-such-provider"], "'no-such-provider'"),
+            "a pool": ([a, pool["name"]], "is a pool"),
+            "named twice": ([a, members[0]["id"]], "named twice"),
+            "two types": ([a, claude_name], "one provider_type"),
+            "no common chat model": ([a, other_models], "no chat model in common"),
+        }
+        for case, (refs, says) in cases.items():
+            name = f"refused-{uuid.uuid4().hex[:8]}"
+            refused = client.post("/v1/pools/", json={"name": name, "members": refs})
+            assert refused.status_code == 400 and says in refused.json()["detail"], (case, refused.text)
+            assert name not in {p["name"] for p in client.get("/v1/providers/").json()}, case
+            patched = client.patch(f"/v1/pools/{pool['id']}", json={"members": refs})
+            assert patched.status_code == 400 and says in patched.json()["detail"], (case, patched.text)
+            assert [m["name"] for m in client.get(f"/v1/pools/{pool['id']}").json()["members"]] == [m["name"] for m in members], case
+        taken = client.post("/v1/pools/", json={"name": members[2]["name"], "members": [a]})  # a provider's name too
+        assert taken.status_code == 409, taken.text
+        one = client.post("/v1/pools/", json={"name": f"one-{suffix}", "members": [b]})
+        assert one.status_code == 200 and [m["id"] for m in one.json()["members"]] == [b], one.text
+
+        # deleting a member removes it from its pools (the others stay, in order)
+        assert client.delete(f"/v1/providers/{members[1]['id']}").status_code in (200, 204)
+        left = client.get(f"/v1/pools/{pool['id']}").json()["members"]
+        assert [m["name"] for m in left] == [members[0]["name"], members[2]["name"]], left
