@@ -3,8 +3,8 @@
 Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
 
 How the suite stays fast (README "Tests"): the whole suite runs on parallel workers
-(pytest-xdist, ``-n auto`` in pyproject: ``WORKERS_FOR_THE_SUITE`` workers when no test file is
-named, in-process when one is). Each worker is a pytest session of its own, so every session
+(pytest-xdist, ``-n auto --dist loadgroup`` set in ``pytest_cmdline_main`` below:
+``WORKERS_FOR_THE_SUITE`` workers when no test file is named, in-process when one is). Each worker is a pytest session of its own, so every session
 fixture below exists once per worker. A new server start costs every run ~30 s of CPU: prefer,
 in this order,
 
@@ -84,6 +84,20 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the options
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``-n auto --dist loadgroup`` in the test order of pytest_collection_modifyitems, unless ``-n``
+    was given; set here rather than in pyproject's addopts so a venv without pytest-xdist still runs."""
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if config.option.numprocesses is None:
+        config.option.numprocesses = "auto"
+    if config.option.dist == "no":
+        config.option.dist = "loadgroup"
+        config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without pytest-xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject): WORKERS_FOR_THE_SUITE for the suite or directories, none (in-process,
     no worker start-up) when test files or ids are named; PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
