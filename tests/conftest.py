@@ -240,7 +240,9 @@ class KettaProcess:
         """An HTTP client for this server that sends the token."""
         return httpx.Client(**{"base_url": self.url, "headers": self.headers, "timeout": 120, **kwargs})
 
-    def wait_healthy(self, timeout_s: float = 300) -> float:
+    def wait_healthy(self, timeout_s: float = 900) -> float:
+        """Seconds until /v1/health/ answers 200. The limit is generous: three workers starting servers
+        at once on a 2-core machine shared with other work took over 300 s (a start is ~20 s of CPU)."""
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if self.proc.poll() is not None:
