@@ -7,6 +7,7 @@ the shared server (fixes on, the default) it is gone. The report each answers is
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -198,8 +199,9 @@ async def test_3164_an_uploaded_file_on_azure_embeddings_is_embedded_by_azure(em
 # letta-ai/letta#3156 -------------------------------------------------------------------------
 
 def test_3156_a_conversation_whose_approval_run_was_cancelled_takes_new_messages(server):
-    """A conversation's agent asks to run a tool that needs approval; the run stops at
-    ``requires_approval`` (still answering 409 to a new message: that approval is live). The
+    """A conversation's agent asks to run a tool that needs approval; the streamed run ends
+    ``completed`` with stop_reason ``requires_approval`` (a new message is refused 409 on every
+    server: that approval is live, and a fix that took completed runs for orphans would lose it). The
     caller cancels the run by id: Letta 0.16.8's ``cancel_run`` looks for the pending approval in
     the agent's own message list, not the conversation's, so the request stays the conversation's
     last message and every later message is refused 409 ("waiting for approval") for good. With the fix an
@@ -218,11 +220,16 @@ def test_3156_a_conversation_whose_approval_run_was_cancelled_takes_new_messages
             return api.post(f"/v1/conversations/{conversation_id}/messages",
                             json={"messages": [{"role": "user", "content": text}], "streaming": False})
 
-        first = send("search our history")
+        # Streamed, as Klui sends: the run ends 'completed' with stop_reason 'requires_approval'.
+        first = api.post(f"/v1/conversations/{conversation_id}/messages",
+                         json={"messages": [{"role": "user", "content": "search our history"}], "stream_tokens": False})
         assert first.status_code == 200, first.text
-        assert first.json()["stop_reason"]["stop_reason"] == "requires_approval", first.json()
-        [request] = [m for m in first.json()["messages"] if m["message_type"] == "approval_request_message"]
+        events = [json.loads(line[6:]) for line in first.text.splitlines() if line.startswith("data: {")]
+        assert [e["stop_reason"] for e in events if e.get("message_type") == "stop_reason"] == ["requires_approval"], events[-2:]
+        [request] = [e for e in events if e.get("message_type") == "approval_request_message"]
         run_id = request["run_id"]
+        waiting = api.get(f"/v1/runs/{run_id}").json()
+        assert (waiting["status"], waiting["stop_reason"]) == ("completed", "requires_approval"), waiting
         live = send("are you there?")  # the approval is live: refused on every server
         assert live.status_code == 409 and "waiting for approval" in live.text, live.text
 
