@@ -139,6 +139,25 @@ async def _close_pools() -> None:
         log.warning("closing the database pool failed: %s", exc)
 
 
+def _secrets_out_of_environment(app_module_settings: KettaSettings) -> None:
+    """Letta has read its settings: hand the secrets to its settings objects and take them out of
+    ``os.environ``, so no tool process (nor anything else this server starts) inherits them."""
+    from ketta import server_secrets
+
+    if not app_module_settings.secrets_out_of_environment:
+        return
+    from letta.settings import settings as letta_settings
+
+    uri = server_secrets.get("LETTA_PG_URI")
+    if uri and not letta_settings.pg_uri:
+        letta_settings.pg_uri = uri
+    key = server_secrets.get("LETTA_ENCRYPTION_KEY")
+    if key and not letta_settings.encryption_key:
+        letta_settings.encryption_key = key
+    names = server_secrets.take_from_environment()
+    log.debug("Secrets taken out of the environment: %s", ", ".join(names))
+
+
 def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
     global _app
@@ -171,6 +190,7 @@ def create_app() -> FastAPI:
         install_response_scrubbing(app)
         install_log_scrubbing()
         user_tokens.mount(app)
+        _secrets_out_of_environment(app_module_settings=get_settings())
         if _server_token is not None:
             auth.install(app, _server_token, user_tokens.resolve)
         if get_settings().cancel_on_disconnect:

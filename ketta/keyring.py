@@ -205,9 +205,12 @@ def load_keyring(settings: KettaSettings, *, create: bool = True) -> Keyring:
     ``KETTA_HOME/encryption_key``, made (random, 0600) if missing and ``create``."""
     home = settings.home_dir
     candidates: list[Key] = []
-    from_env = bool(os.environ.get(ENV_KEY, "").strip())
+    from ketta import server_secrets
+
+    env_value = (server_secrets.get(ENV_KEY) or "").strip()
+    from_env = bool(env_value)
     if from_env:
-        candidates.append(Key(os.environ[ENV_KEY].strip(), ENV_KEY))
+        candidates.append(Key(env_value, ENV_KEY))
     else:
         key_file = home / KEY_FILE
         if not key_file.exists():
@@ -255,7 +258,9 @@ def decryption_keys(current: str | None = None) -> list[str]:
     if _active is not None:
         others = _active.values()
     else:
-        env = os.environ.get(ENV_KEY, "")
+        from ketta import server_secrets
+
+        env = server_secrets.get(ENV_KEY) or ""
         others = [env] if env else []
     keys += [k for k in others if k not in keys]
     return keys
@@ -368,6 +373,24 @@ def refusal(keyring: Keyring, detail: str) -> str:
             "(the stored secrets it cannot read must then be entered again).")
 
 
+def _refuse_unsaved_env_key(keyring: Keyring, index: int) -> None:
+    """LETTA_ENCRYPTION_KEY cannot read the database but a key file of KETTA_HOME can: refuse.
+
+    Serving would encrypt every new secret under the env key, which is saved nowhere Ketta
+    knows of, while the stored ones stay under the file's key (a restart with the file's key
+    then cannot read the new ones). A rotation is explicit: ``ketta keys rotate``, or the old
+    key named in KETTA_PREVIOUS_ENCRYPTION_KEYS while one is under way.
+    """
+    found = keyring.keys[index]
+    if index == 0 or not keyring.current_from_env or not found.source.startswith(str(keyring.home)):
+        return  # the env key reads it, or the key that does was named by the operator (previous keys)
+    raise KeyringError(
+        f"{ENV_KEY} (key id {keyring.current.id}) cannot decrypt this database's stored secrets, but {found.source} "
+        f"(key id {found.id}) can: unset {ENV_KEY} to keep using that key, or move the database to the new key "
+        f'explicitly with `ketta keys rotate --new-key "${ENV_KEY}"` (or name the old key in {ENV_PREVIOUS} '
+        "while a rotation is under way).")
+
+
 def verify(uri: str, keyring: Keyring) -> Key:
     """The start-up check: the key the stored secrets are under, which must be in ``keyring``.
 
@@ -386,11 +409,13 @@ def verify(uri: str, keyring: Keyring) -> Key:
                 check = read_check(conn)
                 if check is None:
                     index = _sample_key_index(conn, keyring)
+                    _refuse_unsaved_env_key(keyring, index)
                     write_check(conn, keys[index])
                     return keyring.keys[index]
         index = _check_key_index(check, keys)
         if index is None:
             raise KeyringError(refusal(keyring, f"its check value ({CHECK_TABLE}) was written with key id {check[0]}"))
+        _refuse_unsaved_env_key(keyring, index)
         if index > 0:
             log.warning("Stored secrets are under a previous key (%s, key id %s), not the current one: finish the "
                         "rotation with `ketta keys rotate --new-key <current key>`", keyring.keys[index].source,

@@ -68,8 +68,15 @@ def _sync_engine(uri: str) -> sa.Engine:
     return sa.create_engine(sync_url(uri), pool_size=2, max_overflow=4, pool_recycle=300)
 
 
+def _database_uri() -> str:
+    """This server's database (taken out of the environment once Letta has read it)."""
+    from letta.settings import settings as letta_settings
+
+    return letta_settings.letta_pg_uri_no_default or os.environ["LETTA_PG_URI"]
+
+
 def _read_row_sync(provider_name: str, organization_id: str) -> ProviderRow:
-    with _sync_engine(os.environ["LETTA_PG_URI"]).connect() as conn:
+    with _sync_engine(_database_uri()).connect() as conn:
         return _as_row(conn.execute(_ROW_QUERY, {"name": provider_name, "org": organization_id}).first())
 
 

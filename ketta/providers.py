@@ -86,7 +86,9 @@ def env_key_name(provider_name: str) -> str:
 
 
 def env_fallback_key(provider_name: str) -> str | None:
-    return os.environ.get(env_key_name(provider_name)) or None
+    from ketta import server_secrets
+
+    return server_secrets.get(env_key_name(provider_name)) or None
 
 
 def upstream_rejection(exc: BaseException) -> tuple[int, str] | None:

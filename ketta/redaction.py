@@ -126,7 +126,9 @@ def remember_secret(value: object) -> None:
 
 def remember_env_keys() -> None:
     """Keys from the environment (``OPENAI_API_KEY``, a provider's env fallback, ...)."""
-    for name, value in os.environ.items():
+    from ketta import server_secrets
+
+    for name, value in {**server_secrets.taken(), **os.environ}.items():
         if name.upper().endswith(("_API_KEY", "_ACCESS_KEY", "_SECRET_KEY")):
             remember_secret(value)
 

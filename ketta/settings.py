@@ -110,6 +110,11 @@ class KettaSettings(BaseSettings):
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
     gateway_errors: bool = Field(default=True, description="A blocking message whose LLM provider failed answers 502/503/504 naming the provider (with its Retry-After), not Letta's 500.")
+    secrets_out_of_environment: bool = Field(default=True, description="Once Letta has read them, server secrets (LETTA_PG_URI, LETTA_ENCRYPTION_KEY, LETTA_SERVER_PASSWORD, *_API_KEY, ...) leave os.environ, so no child process inherits them.")
+    tool_isolation: bool = Field(default=True, description="Tool code runs with a clean environment, in KETTA_HOME/tool_sandbox, and (server run as root) as KETTA_TOOL_USER.")
+    tool_user: str = Field(default="nobody", description="The unprivileged OS user tool code runs as when the server runs as root.")
+    tool_python: str = Field(default="", description="The Python interpreter tool code runs with as KETTA_TOOL_USER (same minor version as the server's); default: the server's own, which that user must be able to run.")
+    allow_user_tool_code: bool = Field(default=False, description="Per-user tokens may create/change tools with source code and run tools (POST /v1/tools/run, .../tools/{name}/run). Off: only the server token may.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     def fix_skipped(self, upstream: str) -> bool:

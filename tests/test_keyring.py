@@ -280,3 +280,27 @@ def test_cli_rotate_and_check(db, tmp_path: Path) -> None:
     both = ketta("check", LETTA_ENCRYPTION_KEY=KEY_B, KETTA_PREVIOUS_ENCRYPTION_KEYS=KEY_A)
     assert both.returncode == 0, both.stderr
     assert f"previous key id {keyring.fingerprint(KEY_A)}  KETTA_PREVIOUS_ENCRYPTION_KEYS[0]: decrypts 0 of" in both.stdout
+
+
+def test_env_key_that_cannot_read_the_database_while_the_key_file_can_is_refused(
+        db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving would write new secrets under a key saved nowhere (issue 18): refused in one line;
+    a rotation stays possible by naming the old key as a previous key."""
+    uri, engine = db
+    seed(engine, KEY_A)
+    keyring.write_key_file(tmp_path / "encryption_key", KEY_A)
+    for with_check in (False, True):  # a database without its check value yet, then with it
+        monkeypatch.setenv("LETTA_ENCRYPTION_KEY", KEY_B)
+        keys = keyring.load_keyring(KettaSettings(home=tmp_path))
+        with pytest.raises(keyring.KeyringError) as refused:
+            keyring.verify(uri, keys)
+        message = str(refused.value)
+        assert "\n" not in message and "ketta keys rotate" in message and str(tmp_path / "encryption_key") in message
+        assert KEY_A not in message and KEY_B not in message
+        if not with_check:
+            monkeypatch.delenv("LETTA_ENCRYPTION_KEY")  # the file's key alone records the check value
+            assert keyring.verify(uri, keyring.load_keyring(KettaSettings(home=tmp_path))).value == KEY_A
+    # Named explicitly as a previous key: a rotation under way, served (with a warning).
+    monkeypatch.setenv("LETTA_ENCRYPTION_KEY", KEY_B)
+    keys = keyring.load_keyring(KettaSettings(home=tmp_path, previous_encryption_keys=KEY_A))
+    assert keyring.verify(uri, keys).value == KEY_A
