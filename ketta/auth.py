@@ -31,6 +31,7 @@ from typing import Awaitable, Callable, Optional
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ketta import tool_code
 from ketta.settings import KettaSettings
 
 log = logging.getLogger("ketta.auth")
@@ -93,7 +94,9 @@ def _ensure_home(home: Path) -> None:
 
 def load_server_token(settings: KettaSettings) -> str:
     """LETTA_SERVER_PASSWORD if set; else KETTA_HOME/server_token, made once (0600) by whoever comes first."""
-    from_env = os.environ.get("LETTA_SERVER_PASSWORD")
+    from ketta import server_secrets
+
+    from_env = server_secrets.get("LETTA_SERVER_PASSWORD")
     if from_env:
         return from_env
     home = settings.home_dir
@@ -184,6 +187,10 @@ class TokenAuth:
             return
         if _is_admin_path(scope["path"]):
             await _deny(scope, send, 403, "This route needs the server token; a user token cannot call it.")
+            return
+        code_refusal = tool_code.user_refusal(scope.get("method", "GET"), scope["path"])
+        if code_refusal is not None:
+            await _deny(scope, send, 403, code_refusal)
             return
         claimed = {value.decode("latin-1") for name, value in scope["headers"] if name.lower() == USER_ID_HEADER}
         if claimed - {principal.user_id}:

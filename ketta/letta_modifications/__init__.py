@@ -52,6 +52,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.file_processor.embedder.openai_embedder",
     "ketta.letta_modifications.agents.helpers",
     "ketta.letta_modifications.helpers.message_helper",
+    "ketta.letta_modifications.services.tool_sandbox.local_sandbox",
 )
 
 
