@@ -192,6 +192,11 @@ def create_app() -> FastAPI:
         user_tokens.mount(app)
         _secrets_out_of_environment(app_module_settings=get_settings())
         if _server_token is not None:
+            if get_settings().web_app_dir:
+                from ketta import web_login
+
+                web_login.install(app, _server_token, get_settings().web_app_dir, user_tokens.resolve,
+                                  int(get_settings().web_session_hours * 3600))
             auth.install(app, _server_token, user_tokens.resolve)
         if get_settings().cancel_on_disconnect:
             from ketta.disconnect import CancelOnDisconnect

@@ -43,6 +43,7 @@ PUBLIC_PATHS = frozenset({"/v1/health", "/v1/health/", "/latest/health", "/lates
 ADMIN_PREFIXES = ("/v1/admin/", "/v1/ketta/")
 ADMIN_PATHS = frozenset({"/v1/admin", "/v1/ketta"})
 USER_ID_HEADER = b"user_id"
+SESSION_PRINCIPAL = "ketta.session_principal"  # scope key ketta.web_login sets for a valid same-origin session cookie
 
 UNAUTHORIZED_DETAIL = (
     "Missing or invalid token. Send 'Authorization: Bearer <token>' (or Letta's "
@@ -179,6 +180,8 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         principal = await self._authenticate(scope["headers"])
+        if principal is None and presented_token(scope["headers"]) is None:
+            principal = scope.get(SESSION_PRINCIPAL)  # a same-origin web session (ketta.web_login), set by no client
         if principal is None:
             await _deny(scope, send, 401, UNAUTHORIZED_DETAIL, {b"www-authenticate": b'Bearer realm="ketta"'})
             return

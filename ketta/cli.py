@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
+from pathlib import Path
 
 from ketta import LETTA_VERSION, __version__
 from ketta.settings import get_settings
@@ -74,6 +75,9 @@ def server(
     insecure_no_login: bool = typer.Option(
         False, "--insecure-no-login", help="Serve every request without a token (KETTA_INSECURE_NO_LOGIN). Trusted networks only."
     ),
+    web_app: Optional[str] = typer.Option(
+        None, "--web-app", help="Serve this built web app (Klui's build/web) at / behind a login page (KETTA_WEB_APP_DIR)."
+    ),
 ) -> None:
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
     import uvicorn
@@ -88,6 +92,9 @@ def server(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if insecure_no_login:
         os.environ["KETTA_INSECURE_NO_LOGIN"] = "true"  # workers re-read the settings from the env
+        get_settings.cache_clear()
+    if web_app:
+        os.environ["KETTA_WEB_APP_DIR"] = str(Path(web_app).resolve())  # workers re-read the settings from the env
         get_settings.cache_clear()
     if get_settings().insecure_no_login and not auth.is_loopback(host):
         logging.getLogger("ketta.auth").warning(

@@ -109,6 +109,8 @@ class KettaSettings(BaseSettings):
     provider_cooldown: float = Field(default=30.0, ge=0, description="Seconds a provider that answered 429 without Retry-After is skipped (0: never).")
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
+    web_app_dir: str = Field(default="", description="Serve this built web app (Klui's build/web) at / behind a login page; its same-origin calls use the session cookie. Empty: no web app, no cookie login.")
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Hours a web login (session cookie) lasts.")
     gateway_errors: bool = Field(default=True, description="A blocking message whose LLM provider failed answers 502/503/504 naming the provider (with its Retry-After), not Letta's 500.")
     secrets_out_of_environment: bool = Field(default=True, description="Once Letta has read them, server secrets (LETTA_PG_URI, LETTA_ENCRYPTION_KEY, LETTA_SERVER_PASSWORD, *_API_KEY, ...) leave os.environ, so no child process inherits them.")
     tool_isolation: bool = Field(default=True, description="Tool code runs with a clean environment, in KETTA_HOME/tool_sandbox, and (server run as root) as KETTA_TOOL_USER.")
