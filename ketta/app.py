@@ -170,6 +170,9 @@ def create_app() -> FastAPI:
         from ketta import patching
 
         patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
+        from ketta.closed_routes import drop_letta_proxy_routes
+
+        drop_letta_proxy_routes(app)  # they forward the caller's token and the operator's env key upstream
 
         from ketta import auth, cors, user_tokens
         from ketta.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing

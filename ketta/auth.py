@@ -13,6 +13,12 @@ Why it looks like this:
 - It acts as any user through the ``user_id`` header (Letta's model). Per-user tokens
   (:mod:`ketta.user_tokens`) act as their user only: the middleware sets ``user_id`` from the
   token, answers 403 to another ``user_id`` and to admin routes.
+- Letta also takes an identity from places other than that header: ``POST /v1/chat/completions``
+  acts as the body's ``user``; other routes have ``user_id``/``organization_id`` query or body
+  fields. For a user token every such field (:data:`IDENTITY_FIELDS`, top-level JSON or form
+  body, query string) must name the token's own user (or organization), else 403: one identity
+  per request. The server token may name anyone, as in Letta.
+- Letta mounts every route twice (``/v1`` and ``/latest``): every prefix check here covers both.
 - The middleware sits innermost (right before the router): CORS, outside it, answers
   preflights and adds its headers to a 401, so a browser sees the 401 rather than a CORS error.
 """
@@ -27,9 +33,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Iterable, Optional
+from urllib.parse import parse_qsl
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ketta import tool_code
 from ketta.settings import KettaSettings
@@ -40,10 +47,14 @@ TOKEN_FILE = "server_token"
 # Open without a token: load balancers' health checks (GET/HEAD only).
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/health/", "/latest/health", "/latest/health/"})
 # Only the server token may call these (a user token gets 403).
-ADMIN_PREFIXES = ("/v1/admin/", "/v1/ketta/")
-ADMIN_PATHS = frozenset({"/v1/admin", "/v1/ketta"})
+ADMIN_PREFIXES = ("/v1/admin/", "/v1/ketta/", "/latest/admin/", "/latest/ketta/")
+ADMIN_PATHS = frozenset({"/v1/admin", "/v1/ketta", "/latest/admin", "/latest/ketta"})
 USER_ID_HEADER = b"user_id"
 SESSION_PRINCIPAL = "ketta.session_principal"  # scope key ketta.web_login sets for a valid same-origin session cookie
+# Fields through which a Letta route may take whom it acts as (found by walking /openapi.json,
+# see tests/test_identity_and_env_keys.py): field name -> what it names.
+IDENTITY_FIELDS = {"user": "user", "user_id": "user", "actor_id": "user", "organization_id": "organization", "org_id": "organization"}
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 UNAUTHORIZED_DETAIL = (
     "Missing or invalid token. Send 'Authorization: Bearer <token>' (or Letta's "
@@ -62,6 +73,7 @@ class Principal:
 
     user_id: Optional[str] = None  # None: the server token
     token_id: Optional[str] = None
+    organization_id: Optional[str] = None  # the user's organization
 
     @property
     def is_admin(self) -> bool:
@@ -201,6 +213,15 @@ class TokenAuth:
             return
         headers = [(n, v) for n, v in scope["headers"] if n.lower() != USER_ID_HEADER]
         headers.append((USER_ID_HEADER, principal.user_id.encode()))
+        foreign = _foreign_identity(principal, parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        if foreign is None and scope["type"] == "http" and scope["method"] in BODY_METHODS:
+            received = await _read_request(receive)
+            foreign = _foreign_identity(principal, _body_fields(scope["headers"], received))
+            receive = _replaying(received, receive)
+        if foreign is not None:
+            await _deny(scope, send, 403, f"This token acts as user {principal.user_id} (organization {principal.organization_id}) only; "
+                        f"'{foreign}' names another identity: drop it or send that id.")
+            return
         await self.app({**scope, "headers": headers}, receive, send)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Optional[Principal]:
@@ -212,6 +233,53 @@ class TokenAuth:
         if self._resolve_user_token is not None:
             return await self._resolve_user_token(token)
         return None
+
+
+def _foreign_identity(principal: Principal, fields: Iterable[tuple[str, object]]) -> Optional[str]:
+    """The first identity field that names someone other than the principal (its name), or None."""
+    own = {"user": principal.user_id, "organization": principal.organization_id}
+    for name, value in fields:
+        kind = IDENTITY_FIELDS.get(name)
+        if kind is not None and value not in (None, "") and value != own[kind]:
+            return name
+    return None
+
+
+async def _read_request(receive: Receive) -> list[Message]:
+    """Every message of the request body (up to a disconnect), to be replayed to the app."""
+    received: list[Message] = []
+    while True:
+        message = await receive()
+        received.append(message)
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return received
+
+
+def _replaying(received: list[Message], receive: Receive) -> Receive:
+    pending = list(received)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
+
+
+def _body_fields(headers: list[tuple[bytes, bytes]], received: list[Message]) -> list[tuple[str, object]]:
+    """Top-level fields of a JSON or form body, as FastAPI would read them (JSON also without a
+    content type); nothing for multipart uploads and other bodies."""
+    body = b"".join(m.get("body", b"") for m in received if m["type"] == "http.request")
+    if not body:
+        return []
+    content_type = next((v.decode("latin-1").lower() for n, v in headers if n.lower() == b"content-type"), "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+    if content_type.startswith("multipart/"):
+        return []
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return []
+    return list(payload.items()) if isinstance(payload, dict) else []
 
 
 async def _deny(scope: Scope, send: Send, status: int, detail: str, extra: dict[bytes, bytes] | None = None) -> None:

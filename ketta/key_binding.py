@@ -65,6 +65,26 @@ def normalise(url: str | None) -> Endpoint | None:
     return Endpoint(scheme, host, port or DEFAULT_PORTS.get(scheme), parts.path.rstrip("/"))
 
 
+def same_origin(first: str | None, second: str | None) -> bool:
+    """True if both are URLs of one scheme, host and port (a stored key may follow a path change)."""
+    a, b = normalise(first), normalise(second)
+    return a is not None and b is not None and a[:3] == b[:3]
+
+
+class KeyMustFollowOrigin(HTTPException):
+    """A PATCH moves a provider with a stored key to another origin without sending the key (400)."""
+
+    def __init__(self, provider_name: str, old: str | None, new: str | None):
+        super().__init__(
+            status_code=400,
+            detail=(
+                f"Provider '{provider_name}': the new base_url {new!r} is on another origin (scheme, host or port) than "
+                f"{old!r}, and a stored key never follows a provider to a new origin by itself. Send 'api_key' again in "
+                "the same PATCH (nothing was changed)."
+            ),
+        )
+
+
 def is_under(endpoint: str | None, base_url: str | None) -> bool:
     """True if ``endpoint`` is ``base_url`` or a path below it on the same origin."""
     target, base = normalise(endpoint), normalise(base_url)

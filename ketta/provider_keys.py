@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import sqlalchemy as sa
 
-from ketta.providers import ProviderMissing, env_fallback_key
+from ketta.providers import ProviderMissing, env_key_for
 from ketta.settings import get_settings
 
 _ROW_QUERY = sa.text(
@@ -97,12 +97,13 @@ def remembered_row(provider_name: str, organization_id: str) -> ProviderRow | No
     return _remembered(provider_name, organization_id)
 
 
-def _with_fallback(key: str | None, provider_name: str) -> str | None:
-    """The key to use; remembered so it is redacted from errors and logs."""
+def _with_fallback(key: str | None, provider_name: str, row: ProviderRow) -> str | None:
+    """The key to use (the operator's env key only as :func:`ketta.providers.env_key_for` allows);
+    remembered so it is redacted from errors and logs."""
     from ketta.redaction import remember_secret
 
-    if not key and get_settings().env_key_fallback:
-        key = env_fallback_key(provider_name)
+    if not key:
+        key = env_key_for(provider_name, row.provider_type, row.base_url)
     remember_secret(key)
     return key or None
 
@@ -118,7 +119,7 @@ async def lookup_async(provider_name: str, organization_id: str, handle: str | N
     if not row.decrypted:
         key = await Secret.from_encrypted(row.encrypted_key).get_plaintext_async() if row.encrypted_key else None
         row = _remember(provider_name, organization_id, replace(row, decrypted=True, key=key))
-    return _with_fallback(row.key, provider_name), row
+    return _with_fallback(row.key, provider_name, row), row
 
 
 def lookup(provider_name: str, organization_id: str, handle: str | None = None) -> tuple[str | None, ProviderRow]:
@@ -129,8 +130,8 @@ def lookup(provider_name: str, organization_id: str, handle: str | None = None) 
     if not row.found:
         raise ProviderMissing(provider_name, handle)
     if row.decrypted:  # looked up asynchronously earlier in this request: no decryption on the loop
-        return _with_fallback(row.key, provider_name), row
-    return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name), row
+        return _with_fallback(row.key, provider_name, row), row
+    return _with_fallback(Secret.from_encrypted(row.encrypted_key).get_plaintext() if row.encrypted_key else None, provider_name, row), row
 
 
 async def lookup_key_async(provider_name: str, organization_id: str, handle: str | None = None) -> str | None:

@@ -91,6 +91,39 @@ def env_fallback_key(provider_name: str) -> str | None:
     return server_secrets.get(env_key_name(provider_name)) or None
 
 
+# Sent instead of an operator's env key where Letta would have used one for a call without a
+# stored key (Letta falls back to OPENAI_API_KEY, ANTHROPIC_API_KEY, ... for any keyless call).
+NO_KEY = "ketta-no-key"
+
+
+def env_base_name(provider_name: str) -> str:
+    """Where the operator names an env key's own endpoint: 'openai' -> OPENAI_API_BASE."""
+    return env_key_name(provider_name)[: -len("_API_KEY")] + "_API_BASE"
+
+
+def env_key_for(provider_name: str, provider_type: object, base_url: str | None) -> str | None:
+    """The operator's ``{NAME}_API_KEY`` for a provider without a stored key, or None.
+
+    Only when the operator turned the fallback on (KETTA_ENV_KEY_FALLBACK, off by default: with
+    it any organization's keyless provider of that name spends the key), and only to the key's
+    own endpoint: the provider type's default base URL or ``{NAME}_API_BASE``. A provider named
+    'openai' pointing at someone else's server never receives OPENAI_API_KEY.
+    """
+    from ketta.key_binding import is_under, provider_endpoint
+    from ketta.settings import get_settings
+
+    if not get_settings().env_key_fallback:
+        return None
+    key = env_fallback_key(provider_name)
+    if not key:
+        return None
+    type_name = str(getattr(provider_type, "value", provider_type)) if provider_type else None
+    from ketta import server_secrets
+
+    own = [server_secrets.get(env_base_name(provider_name)), provider_endpoint(type_name, None)]
+    return key if any(endpoint and is_under(base_url, endpoint) for endpoint in own) else None
+
+
 def upstream_rejection(exc: BaseException) -> tuple[int, str] | None:
     """(status, message) if ``exc`` says the upstream refused the credentials (401/403), else None."""
     import httpx

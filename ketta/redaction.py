@@ -28,7 +28,8 @@ from typing import Any, Awaitable, Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECRET_FIELDS = ("api_key", "api_key_enc", "access_key", "access_key_enc")
-PROVIDERS_PREFIX = "/v1/providers"
+# Letta mounts every route under /v1 and again under /latest: both are filtered.
+PROVIDERS_PREFIXES = ("/v1/providers", "/latest/providers")
 
 
 def strip_secrets(payload: Any) -> Any:
@@ -41,13 +42,13 @@ def strip_secrets(payload: Any) -> Any:
 
 
 class ProviderSecretsFilter:
-    """Rewrites JSON responses under /v1/providers so they never contain key material."""
+    """Rewrites JSON responses under /v1/providers (and /latest/providers) so they never contain key material."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROVIDERS_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(PROVIDERS_PREFIXES):
             await self.app(scope, receive, send)
             return
         start: Message | None = None

@@ -73,7 +73,11 @@ class KettaSettings(BaseSettings):
     unified_providers: bool = Field(default=True, description="Every provider is an org-scoped database row; nothing synced from env vars.")
     hard_delete: bool = Field(default=True, description="DELETE /v1/providers/{id} removes the rows; the name is reusable at once.")
     no_openai_proxy: bool = Field(default=True, description="Handles are '{provider name}/{model}', never 'openai-proxy/...'.")
-    env_key_fallback: bool = Field(default=True, description="With no key stored, use {PROVIDER_NAME}_API_KEY from the environment.")
+    env_key_fallback: bool = Field(
+        default=False,
+        description="With no key stored, use {PROVIDER_NAME}_API_KEY from the environment, only at its own endpoint (the type's "
+        "default or {PROVIDER_NAME}_API_BASE). Opens the operator's env keys to every organization's keyless provider of that name.",
+    )
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")

@@ -37,7 +37,7 @@ _REVOKE = sa.text(
     f"UPDATE ketta_user_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = :id RETURNING {_COLUMNS}"
 )
 _RESOLVE = sa.text(
-    "SELECT t.id, t.user_id, t.last_used_at < now() - make_interval(secs => :resolution) OR t.last_used_at IS NULL AS stale "
+    "SELECT t.id, t.user_id, u.organization_id, t.last_used_at < now() - make_interval(secs => :resolution) OR t.last_used_at IS NULL AS stale "
     "FROM ketta_user_tokens t JOIN users u ON u.id = t.user_id AND NOT u.is_deleted "
     "WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL"
 )
@@ -139,7 +139,7 @@ async def resolve(token: str) -> Optional[Principal]:
             return None
         if row.stale:
             await session.execute(_TOUCH, {"id": row.id})
-    return Principal(user_id=row.user_id, token_id=row.id)
+    return Principal(user_id=row.user_id, token_id=row.id, organization_id=row.organization_id)
 
 
 def router() -> APIRouter:

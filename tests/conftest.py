@@ -325,11 +325,16 @@ def server_of_its_own(pg_uri: str, home: Path, prefix: str, **env: str) -> Itera
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
     """One Ketta server for the many API tests (each test uses its own provider names)."""
+    fallback_demo_port = free_port()
     with server_of_its_own(
         pg_uri, tmp_path_factory.mktemp("shared-home"), "shared",
+        KETTA_ENV_KEY_FALLBACK="true",  # off by default; on here for the fallback tests
         KETTA_FALLBACK_DEMO_API_KEY="sk-from-env",  # env fallback for a provider named "ketta fallback demo"
+        # ... sent only to its own endpoint: a mock on this port (MockOpenAI(port=shared_server.fallback_demo_port))
+        KETTA_FALLBACK_DEMO_API_BASE=f"http://127.0.0.1:{fallback_demo_port}/v1",
         KETTA_STORED_WINS_API_KEY="sk-env-must-lose",  # a provider named "ketta stored wins" stores its own key
     ) as proc:
+        proc.fallback_demo_port = fallback_demo_port  # type: ignore[attr-defined]
         yield proc
 
 

@@ -16,6 +16,7 @@ from ketta import llm_calls, patching
 from ketta.patching import Patch
 from ketta.key_binding import endpoint_for_call
 from ketta.provider_keys import ProviderRow, lookup, lookup_async
+from ketta.providers import NO_KEY
 from letta.llm_api.llm_client_base import LLMClientBase
 from letta.schemas.llm_config import LLMConfig
 
@@ -25,18 +26,27 @@ Overrides = Tuple[Optional[str], Optional[str], Optional[str]]
 
 def get_byok_overrides(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
     if not llm_config.provider_name or self.actor is None:
-        return patching.original(f"{TARGET}.get_byok_overrides")(self, llm_config)
+        return _never_env_key(patching.original(f"{TARGET}.get_byok_overrides")(self, llm_config))
     key, row = lookup(llm_config.provider_name, self.actor.organization_id, llm_config.handle)
     _bind_endpoint(llm_config, row)
-    return key, None, None
+    return key or NO_KEY, None, None
 
 
 async def get_byok_overrides_async(self: LLMClientBase, llm_config: LLMConfig) -> Overrides:
     if not llm_config.provider_name or self.actor is None:
-        return await patching.original(f"{TARGET}.get_byok_overrides_async")(self, llm_config)
+        return _never_env_key(await patching.original(f"{TARGET}.get_byok_overrides_async")(self, llm_config))
     key, row = await lookup_async(llm_config.provider_name, self.actor.organization_id, llm_config.handle)
     _bind_endpoint(llm_config, row)
-    return key, None, None
+    return key or NO_KEY, None, None
+
+
+def _never_env_key(overrides: Overrides) -> Overrides:
+    """Letta's clients use the operator's env key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) when
+    this returns no key, and send it to whatever endpoint the config names: a placeholder instead.
+    Ketta's own fallback (:func:`ketta.providers.env_key_for`) already gave a provider its env key
+    where the operator allows it."""
+    key, *rest = overrides
+    return (key or NO_KEY, *rest)  # type: ignore[return-value]
 
 
 def _bind_endpoint(llm_config: LLMConfig, row: ProviderRow) -> None:

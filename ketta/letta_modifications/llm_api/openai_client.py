@@ -22,6 +22,7 @@ from ketta.patching import Patch
 from ketta.key_binding import endpoint_for_call
 from ketta.llm_http import OPENAI_DEFAULT_BASE_URL, bounded_init
 from ketta.provider_keys import lookup, lookup_key_async
+from ketta.providers import NO_KEY
 from ketta.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
@@ -31,6 +32,7 @@ TARGET = "letta.llm_api.openai_client:OpenAIClient._prepare_client_kwargs_embedd
 
 def _prepare_client_kwargs_embedding(self: OpenAIClient, embedding_config: EmbeddingConfig) -> dict:
     kwargs = patching.original(TARGET)(self, embedding_config)
+    kwargs["api_key"] = NO_KEY  # never the OPENAI_API_KEY Letta put there, to whatever endpoint the config names
     handle = embedding_config.handle or ""
     if "/" in handle and self.actor is not None:
         provider_name = handle.split("/", 1)[0]

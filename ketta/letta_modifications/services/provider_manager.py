@@ -20,6 +20,7 @@ from fastapi import HTTPException
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from ketta.key_binding import KeyMustFollowOrigin, same_origin
 from ketta.patching import Patch
 from ketta.providers import (
     ProviderInputError,
@@ -32,7 +33,7 @@ from ketta.providers import (
     check_text,
     classify_upstream_error,
     clean_provider_name,
-    env_fallback_key,
+    env_key_for,
 )
 from ketta.settings import get_settings
 from ketta.redaction import remember_secret
@@ -89,8 +90,8 @@ async def typed_for_listing(provider: Provider) -> Provider:
     (the key messages would use, so listing and calls agree)."""
     key = await _plain_key(provider, provider.name)
     typed = provider.cast_to_subtype()
-    if not key and get_settings().env_key_fallback:
-        fallback = env_fallback_key(provider.name)
+    if not key:
+        fallback = env_key_for(provider.name, provider.provider_type, typed.base_url)
         if fallback:
             typed.api_key_enc = await Secret.from_plaintext_async(fallback)
     return typed
@@ -347,6 +348,9 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
             setattr(changed, field, sent[field] or None)
     if "base_url" in sent and not changed.base_url:
         changed.base_url = changed.cast_to_subtype().base_url  # "" means the type's default endpoint
+    moved = changed.base_url != current.base_url and not same_origin(changed.base_url, current.base_url)
+    if moved and "api_key" not in sent and await _plain_key(current, current.name):
+        raise KeyMustFollowOrigin(current.name, current.base_url, changed.base_url)
     relist = any(getattr(changed, f) != getattr(current, f) for f in ("base_url", "region", "api_version")) or (
         "api_key" in sent or "access_key" in sent
     )

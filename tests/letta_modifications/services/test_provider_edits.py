@@ -60,19 +60,43 @@ def send(api: httpx.Client, agent_id: str) -> httpx.Response:
 # --- 1. PATCH like create ---------------------------------------------------------------------
 
 
-def test_patch_with_only_base_url_keeps_the_key_and_relists_from_the_new_endpoint(api, shared_db, llm):
-    """Klui's ollama edit form sends only base_url (stock: 422)."""
+def test_a_stored_key_never_follows_a_new_origin_by_itself(api, shared_db, llm):
+    """PATCH with only a base_url on another scheme/host/port of a provider with a stored key is 400
+    and changes nothing (the key would be sent there); with the key sent again it moves and relists."""
     name = unique("moved")
     provider = create(api, name, llm.base_url).json()
+    before = row(shared_db, provider["id"])
     with MockOpenAI(api_key="sk-good", chat_models=("moved-chat-2",)) as new_home:
         new_home.clear()
         response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url})
+        assert response.status_code == 400, response.text
+        assert "another origin" in response.json()["detail"] and "api_key" in response.json()["detail"]
+        assert new_home.requests == []  # the stored key went nowhere
+        after = row(shared_db, provider["id"])
+        assert after["base_url"] == llm.base_url and after["updated_at"] == before["updated_at"]
+        # Same origin, another path: the key may follow (e.g. adding Ollama's /v1).
+        same_origin = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": llm.base_url.rstrip("/") + "/"})
+        assert same_origin.status_code == 200, same_origin.text
+        response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url, "api_key": "sk-good"})
         assert response.status_code == 200, response.text
         assert response.json()["base_url"] == new_home.base_url
-        assert [r.api_key for r in new_home.requests_to("/models")] == ["sk-good"]  # the stored key, checked there
+        assert [r.api_key for r in new_home.requests_to("/models")] == ["sk-good"]  # the key sent again, checked there
         assert row(shared_db, provider["id"])["base_url"] == new_home.base_url
         assert listed(api, name) == {f"{name}/moved-chat-2"}  # the old endpoint's model is gone
         assert f"{name}/mock-chat-1" not in models(shared_db, provider["id"])
+
+
+def test_patch_with_only_base_url_moves_a_provider_without_a_stored_key(api, shared_db):
+    """Klui's ollama edit form sends only base_url (stock: 422): with no key stored nothing follows."""
+    name = unique("keyless move")
+    with MockOpenAI() as old_home, MockOpenAI(chat_models=("moved-chat-2",)) as new_home:
+        created = create(api, name, old_home.base_url, key="")
+        assert created.status_code == 200, created.text
+        provider = created.json()
+        response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url})
+        assert response.status_code == 200, response.text
+        assert row(shared_db, provider["id"])["base_url"] == new_home.base_url
+        assert listed(api, name) == {f"{name}/moved-chat-2"}
 
 
 def test_an_existing_agent_calls_the_patched_base_url(api, llm):
@@ -80,7 +104,7 @@ def test_an_existing_agent_calls_the_patched_base_url(api, llm):
     provider = create(api, name, llm.base_url).json()
     agent_id = agent_for(api, name)
     with MockOpenAI(api_key="sk-good") as new_home:
-        assert api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url}).status_code == 200
+        assert api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url, "api_key": "sk-good"}).status_code == 200
         llm.clear()
         assert send(api, agent_id).status_code == 200
         assert [r.api_key for r in new_home.chat_requests()] and llm.chat_requests() == []
@@ -117,7 +141,7 @@ def test_patch_to_an_unreachable_base_url_is_502_and_changes_nothing(api, shared
     name = unique("unreachable patch")
     provider = create(api, name, llm.base_url).json()
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": dead})
+    response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": dead, "api_key": "sk-good"})
     assert response.status_code == 502, response.text
     assert name in response.json()["detail"] and dead in response.json()["detail"]
     assert row(shared_db, provider["id"])["base_url"] == llm.base_url
@@ -184,11 +208,12 @@ def test_a_provider_created_during_an_outage_is_listed_by_the_first_model_listin
         assert back.requests_to("/models") == []
 
 
-def test_env_fallback_key_lists_the_models_at_create_and_refresh(api):
+def test_env_fallback_key_lists_the_models_at_create_and_refresh(api, shared_server):
     """A provider created without a key whose {NAME}_API_KEY is set (KETTA_FALLBACK_DEMO_API_KEY on
-    the shared server) is listed with that key, as its messages would be (stock: refused)."""
+    the shared server, with the fallback on) is listed with that key at the key's own endpoint
+    (KETTA_FALLBACK_DEMO_API_BASE), as its messages would be (stock: refused)."""
     name = "ketta fallback demo"
-    with MockOpenAI(api_key="sk-from-env") as needs_env_key:
+    with MockOpenAI(api_key="sk-from-env", port=shared_server.fallback_demo_port) as needs_env_key:
         response = create(api, name, needs_env_key.base_url, key="")
         try:
             assert response.status_code == 200, response.text

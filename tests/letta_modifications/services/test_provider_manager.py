@@ -213,9 +213,10 @@ def test_an_old_base_category_config_still_takes_the_database_key(api, shared_db
     assert {r.api_key for r in llm.chat_requests()} == {"sk-good"}
 
 
-def test_env_fallback_key_when_none_is_stored(api):
-    # The shared server runs with KETTA_FALLBACK_DEMO_API_KEY set (see conftest).
-    with MockOpenAI() as open_llm:
+def test_env_fallback_key_when_none_is_stored(api, shared_server):
+    # The shared server runs with KETTA_ENV_KEY_FALLBACK=true and KETTA_FALLBACK_DEMO_API_KEY set, bound to
+    # KETTA_FALLBACK_DEMO_API_BASE (see conftest): the mock listens there.
+    with MockOpenAI(port=shared_server.fallback_demo_port) as open_llm:
         name = "ketta fallback demo"
         response = api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "", "base_url": open_llm.base_url})
         assert response.status_code == 200, response.text

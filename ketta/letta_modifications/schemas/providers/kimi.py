@@ -142,6 +142,9 @@ class KimiProvider(Provider):
             )
         if response.status_code >= 500:
             raise MoonshotUnreachable(f"Moonshot at {self.base_url} answered {response.status_code}: {moonshot_error_message(response)}")
+        if 300 <= response.status_code < 400:  # not followed (the key would go along): and not an answer about the key
+            raise MoonshotUnreachable(f"Moonshot at {self.base_url} answered a redirect ({response.status_code}); "
+                                      "redirects are not followed: set base_url to the final address")
         if response.status_code >= 400:
             raise HTTPException(status_code=response.status_code, detail=f"Moonshot answered {response.status_code}: {moonshot_error_message(response)}")
         try:
