@@ -772,6 +772,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_org_isolation.py::test_a_message_never_uses_another_organization_s_key",),
         "A call's key is looked up in the caller's organization only.",
     ),
+    Mutation(
+        "kimi-redirect-is-valid",
+        "ketta/letta_modifications/schemas/providers/kimi.py",
+        "        if 300 <= response.status_code < 400:  # not followed",
+        "        if False:  # not followed",
+        ("tests/test_redirects.py",),
+        "A Kimi key check answered by a redirect is not a valid key.",
+    ),
+    Mutation(
+        "azure-redirect-is-valid",
+        "ketta/letta_modifications/schemas/providers/azure.py",
+        "    if 300 <= status < 400:",
+        "    if False:",
+        ("tests/test_redirects.py",),
+        "An Azure key check answered by a redirect is not a valid key.",
+    ),
+    Mutation(
+        "aiohttp-follows-redirects",
+        "ketta/letta_modifications/schemas/providers/ollama.py",
+        "    kwargs[\"allow_redirects\"] = False",
+        "    pass",
+        ("tests/test_redirects.py",),
+        "Letta's aiohttp listings (ollama, mistral) never follow a redirect.",
+    ),
 )
 
 
