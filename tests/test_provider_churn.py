@@ -71,7 +71,7 @@ def test_eight_clients_churning_providers_get_no_5xx_and_leave_no_orphans(shared
                     elif op == "patch_key":
                         response = api.patch(f"/v1/providers/{target}", json={"api_key": "sk-churn"})
                     elif op == "patch_url":
-                        response = api.patch(f"/v1/providers/{target}", json={"base_url": rng.choice(urls)})
+                        response = api.patch(f"/v1/providers/{target}", json={"base_url": rng.choice(urls), "api_key": "sk-churn"})  # a stored key follows a new origin only when sent again
                     elif op == "refresh":
                         response = api.patch(f"/v1/providers/{target}/refresh")
                     elif op == "get":
