@@ -595,3 +595,23 @@ def mock_openai(**options: Any) -> Iterator[MockOpenAI]:
     """Generator for a pytest fixture: ``fixture = pytest.fixture(mock_openai)`` or ``yield from``."""
     with MockOpenAI(**options) as server:
         yield server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python tests/mock_openai.py --port 8000``: the mock for trying Ketta without an API key
+    (README "Using it"); serves until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local mock OpenAI-compatible API (any key accepted).")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    with MockOpenAI(port=args.port) as server:
+        print(f"mock OpenAI on {server.base_url} (models: {', '.join([*server.chat_models, *server.embedding_models])}); Ctrl-C stops it", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
