@@ -41,9 +41,10 @@ def models(db: sa.Engine, provider_id: str) -> dict[str, dict]:
 
 
 def listed(api: httpx.Client, name: str) -> set[str]:
+    """The provider's chat handles in GET /v1/models/ (which lists its embedding models after them, for Klui)."""
     response = api.get("/v1/models/", params={"provider_name": name})
     assert response.status_code == 200, response.text
-    return {m["handle"] for m in response.json()}
+    return {m["handle"] for m in response.json() if m.get("model_type") != "embedding"}
 
 
 def agent_for(api: httpx.Client, name: str, model: str = "mock-chat-1") -> str:
@@ -82,7 +83,7 @@ def test_a_stored_key_never_follows_a_new_origin_by_itself(api, shared_db, llm):
         assert response.json()["base_url"] == new_home.base_url
         assert [r.api_key for r in new_home.requests_to("/models")] == ["sk-good"]  # the key sent again, checked there
         assert row(shared_db, provider["id"])["base_url"] == new_home.base_url
-        assert {h for h in listed(api, name) if "embedding" not in h} == {f"{name}/moved-chat-2"}  # the old endpoint's model is gone
+        assert listed(api, name) == {f"{name}/moved-chat-2"}  # the old endpoint's model is gone
         assert f"{name}/mock-chat-1" not in models(shared_db, provider["id"])
 
 
@@ -96,7 +97,7 @@ def test_patch_with_only_base_url_moves_a_provider_without_a_stored_key(api, sha
         response = api.patch(f"/v1/providers/{provider['id']}", json={"base_url": new_home.base_url})
         assert response.status_code == 200, response.text
         assert row(shared_db, provider["id"])["base_url"] == new_home.base_url
-        assert {h for h in listed(api, name) if "embedding" not in h} == {f"{name}/moved-chat-2"}
+        assert listed(api, name) == {f"{name}/moved-chat-2"}
 
 
 def test_an_existing_agent_calls_the_patched_base_url(api, llm):
@@ -362,8 +363,11 @@ def test_models_report_their_provider_type_and_embedding_ids_are_not_chat_models
     name = unique("openai typed")
     llm.chat_models = ("mock-chat-1", "nomic-embed-text", "bge-m3")
     create(api, name, llm.base_url)
-    chat = api.get("/v1/models/", params={"provider_name": name}).json()
+    listing = api.get("/v1/models/", params={"provider_name": name}).json()
+    chat = [m for m in listing if m.get("model_type") != "embedding"]
     assert {m["handle"] for m in chat} == {f"{name}/mock-chat-1"}  # text-embedding-*, nomic-embed, bge: not chat
-    assert {m["provider_type"] for m in chat} == {"openai"}
+    assert {m["provider_type"] for m in listing} == {"openai"}
+    # Klui's embedding picker reads the same listing: the embedding ids follow the chat models, typed so
+    assert f"{name}/text-embedding-3-small" in {m["handle"] for m in listing if m.get("model_type") == "embedding"}
     embeddings = {m["handle"] for m in api.get("/v1/models/embedding").json()}
     assert f"{name}/text-embedding-3-small" in embeddings
