@@ -26,11 +26,24 @@ log = logging.getLogger("ketta.providers")
 LISTING_PATHS = ("/v1/models/", "/latest/models/")
 
 
+def organization_providers_query(actor: Any, provider_name: str | None = None, provider_type: Any = None) -> Any:
+    """The SELECT of an organization's live provider rows, optionally by name and type: the one query
+    both model listings (chat and embedding) start from, so their scoping cannot drift apart."""
+    from letta.orm.provider import Provider as ProviderRow
+    from sqlalchemy import select
+
+    query = select(ProviderRow).where(ProviderRow.organization_id == actor.organization_id, ProviderRow.is_deleted.is_(False))
+    if provider_name:
+        query = query.where(ProviderRow.name == provider_name)
+    if provider_type:
+        query = query.where(ProviderRow.provider_type == provider_type.value)
+    return query
+
+
 async def embedding_models(actor: Any, provider_category: list | None = None, provider_name: str | None = None,
                            provider_type: Any = None) -> list:
     """The organization's enabled embedding models as ``EmbeddingModel`` entries (filters as for chat models)."""
     from letta import constants
-    from letta.orm.provider import Provider as ProviderRow
     from letta.orm.provider_model import ProviderModel as ProviderModelRow
     from letta.schemas.embedding_config import EmbeddingConfig
     from letta.schemas.enums import ProviderCategory
@@ -41,11 +54,7 @@ async def embedding_models(actor: Any, provider_category: list | None = None, pr
     if provider_category and ProviderCategory.byok not in provider_category:
         return []  # every Ketta provider is an organization's own
     async with db_registry.async_session() as session:
-        query = select(ProviderRow).where(ProviderRow.organization_id == actor.organization_id, ProviderRow.is_deleted.is_(False))
-        if provider_name:
-            query = query.where(ProviderRow.name == provider_name)
-        if provider_type:
-            query = query.where(ProviderRow.provider_type == provider_type.value)
+        query = organization_providers_query(actor, provider_name, provider_type)
         providers = {row.id: row.to_pydantic() for row in (await session.execute(query)).scalars()}
         if not providers:
             return []

@@ -18,10 +18,10 @@ from sqlalchemy import select
 
 from ketta import patching
 from ketta.patching import Patch
+from ketta.model_listing import organization_providers_query
 from ketta.providers import check_text
 from letta.orm.errors import NoResultFound
 from letta import constants
-from letta.orm.provider import Provider as ProviderRow
 from letta.orm.provider_model import ProviderModel as ProviderModelRow
 from letta.schemas.enums import ProviderCategory, ProviderType
 from letta.schemas.llm_config import LLMConfig
@@ -100,11 +100,7 @@ async def list_llm_models_async(
     if provider_category and ProviderCategory.byok not in provider_category:
         return []  # every Ketta provider is an organization's own ("byok"); there are no base providers
     async with db_registry.async_session() as session:
-        query = select(ProviderRow).where(ProviderRow.organization_id == actor.organization_id, ProviderRow.is_deleted.is_(False))
-        if provider_name:
-            query = query.where(ProviderRow.name == provider_name)
-        if provider_type:
-            query = query.where(ProviderRow.provider_type == provider_type.value)
+        query = organization_providers_query(actor, provider_name, provider_type)
         providers = [row.to_pydantic() for row in (await session.execute(query)).scalars()]
     if any(p.provider_type == ProviderType.chatgpt_oauth for p in providers):  # only migrated rows: backfills a fixed list
         return await patching.original(LIST_TARGET)(self, actor, provider_category, provider_name, provider_type)
