@@ -47,7 +47,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     load_environment()
     settings = settings or get_settings()
     home.contain_letta(settings)  # before anything imports Letta
-    logging_setup.configure(settings.log_level)
+    logging_setup.configure(settings.log_level, log_format=settings.log_format)
     cors.settle_origins()
     if settings.offline:
         offline.stay_offline()
@@ -66,7 +66,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     key_info = f"{keys.describe()} (key id {keys.current.id})"
     log.info("Encryption key: %s. A database backup cannot be read without it: keep a copy (`ketta keys export`).", key_info)
     applied = letta_modifications.apply_all(settings)
-    logging_setup.configure(settings.log_level)  # again: importing Letta installed its logging config
+    logging_setup.configure(settings.log_level, log_format=settings.log_format)  # again: importing Letta installed its logging config
     log.info("Ketta applied %d patches", len(applied))
     prepared = Prepared(uri=uri, patches_applied=len(applied), encryption_key=key_info)
     return uri
@@ -165,11 +165,14 @@ def create_app() -> FastAPI:
         prepare()
         from ketta import logging_setup
 
-        logging_setup.configure(get_settings().log_level, quiet_stdout=True)
+        logging_setup.configure(get_settings().log_level, quiet_stdout=True, log_format=get_settings().log_format)
         app = _import_letta_app(_server_token)
         from ketta import patching
 
         patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
+        from ketta import console
+
+        console.register_app(app)  # which logged exceptions are client errors (one console line each)
         from ketta.closed_routes import drop_letta_proxy_routes
 
         drop_letta_proxy_routes(app)  # they forward the caller's token and the operator's env key upstream

@@ -62,7 +62,7 @@ def main_callback(
 
     try:
         load_environment()  # .env of the working directory, for Letta's settings too; process env wins
-        logging_setup.configure(get_settings().log_level)
+        logging_setup.configure(get_settings().log_level, log_format=get_settings().log_format)
     except (SettingsError, ValueError) as exc:
         _fail(str(exc))
 
@@ -78,8 +78,27 @@ def server(
     web_app: Optional[str] = typer.Option(
         None, "--web-app", help="Serve this built web app (Klui's build/web) at / behind a login page (KETTA_WEB_APP_DIR)."
     ),
+    log_format: Optional[str] = typer.Option(
+        None, "--log-format", help="Console lines as 'text' (default) or 'json', one object per line (KETTA_LOG_FORMAT)."
+    ),
 ) -> None:
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
+    global _starting
+    from ketta import console, logging_setup
+
+    if log_format is not None:
+        try:
+            os.environ["KETTA_LOG_FORMAT"] = console.check_format(log_format)  # workers re-read the settings from the env
+        except ValueError as exc:
+            _fail(str(exc).replace("KETTA_LOG_FORMAT", "--log-format"))
+        get_settings.cache_clear()
+        logging_setup.configure(get_settings().log_level, log_format=get_settings().log_format)
+    kind = get_settings().log_format
+    # Said at once: preparing the database and importing Letta take 10-30 s, silent until now.
+    _starting = kind
+    signal.signal(signal.SIGINT, _exit_on_sigterm)
+    console.say(f"Starting Ketta {__version__} on http://{host}:{port}: database, migrations, then Letta's import "
+                "(10-30 s; Ctrl-C stops)", kind)
     import uvicorn
 
     from ketta import app as app_module
@@ -100,7 +119,6 @@ def server(
         logging.getLogger("ketta.auth").warning(
             "Login is OFF and the server listens on %s, not only on this machine: anyone who reaches it "
             "can use every stored key. Keep login on, or put a proxy that adds the token in front.", host)
-    signal.signal(signal.SIGINT, _exit_on_sigterm)
     try:
         startup.check_port(host, port)  # before the slow part
         if workers > 1:
@@ -124,27 +142,36 @@ def server(
     # Running requests get KETTA_SHUTDOWN_GRACE seconds after SIGTERM/SIGINT, then are cancelled.
     grace = max(0.1, get_settings().shutdown_grace)
     try:
-        typer.echo(startup.block(info))
+        console.say(startup.block(info), kind)
+        _starting = None  # from here uvicorn handles Ctrl-C (and says so)
+        log_config = console.uvicorn_log_config(kind)
         if workers > 1:
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
             uvicorn.run("ketta.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False,
-                        timeout_graceful_shutdown=grace)
+                        timeout_graceful_shutdown=grace, log_config=log_config)
         else:
-            uvicorn.run(app_, host=host, port=port, access_log=False, timeout_graceful_shutdown=grace)
+            uvicorn.run(app_, host=host, port=port, access_log=False, timeout_graceful_shutdown=grace, log_config=log_config)
     finally:
         database.stop_embedded()
 
 
+_starting: str | None = None  # the log format while `ketta server` is starting (before uvicorn runs)
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    """Exit 128+signum at once: the server has shut down (PostgreSQL stopped in the lifespan).
+    """Exit 128+signum at once: the server has shut down (PostgreSQL stopped in the lifespan), or
+    was interrupted while starting (then said in one line).
 
     ``os._exit`` skips the interpreter's teardown of Letta's thousands of modules and pydantic
     schemas, which took 9 s after a clean shutdown."""
     import logging
     import os
 
-    from ketta import database
+    from ketta import console, database
 
+    if _starting is not None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        console.say(f"{name} during start-up: stopped before serving (nothing left running)", _starting, sys.stderr)
     database.stop_embedded()
     logging.shutdown()
     sys.stdout.flush()

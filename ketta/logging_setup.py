@@ -39,8 +39,6 @@ DEMOTED_RECORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 # Lines Letta prints (not logs) at start: its banner and a repr of the default user and org.
 DROPPED_STDOUT_PREFIXES: tuple[str, ...] = ("[[ Letta server // ", "Default user: ")
 
-CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
-
 
 # Some libraries re-enable their own warnings after our filters (authlib adds an "always"
 # filter for its deprecations at import): those reach logging as "py.warnings" records.
@@ -98,9 +96,13 @@ def level_number(level: str) -> int:
     return number
 
 
-def configure(level: str = "warning", quiet_stdout: bool = False) -> None:
-    """Console at ``level``; warnings and records a user cannot act on off the console. Idempotent."""
+def configure(level: str = "warning", quiet_stdout: bool = False, log_format: str | None = None) -> None:
+    """Console at ``level`` in ``log_format`` (text or json, see :mod:`ketta.console`; default
+    KETTA_LOG_FORMAT); warnings and records a user cannot act on off the console. Idempotent."""
+    from ketta import console
+
     number = level_number(level)
+    kind = console.check_format(log_format if log_format is not None else os.environ.get("KETTA_LOG_FORMAT", "text"))
     verbose = number <= logging.DEBUG
     if not verbose:
         for category in IGNORED_WARNING_CATEGORIES:
@@ -114,12 +116,12 @@ def configure(level: str = "warning", quiet_stdout: bool = False) -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
         root.addHandler(handler)
     root.setLevel(min(number, logging.INFO))  # Letta's log file keeps INFO
     for handler in root.handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(number)
+    console.install(kind, verbose)
     if not verbose:
         for name in ("py.warnings", *(name for name, _ in DEMOTED_RECORDS)):
             logger = logging.getLogger(name)

@@ -121,6 +121,7 @@ class KettaSettings(BaseSettings):
     tool_user: str = Field(default="nobody", description="The unprivileged OS user tool code runs as when the server runs as root.")
     tool_python: str = Field(default="", description="The Python interpreter tool code runs with as KETTA_TOOL_USER (same minor version as the server's); default: the server's own, which that user must be able to run.")
     allow_user_tool_code: bool = Field(default=False, description="Per-user tokens may create/change tools with source code and run tools (POST /v1/tools/run, .../tools/{name}/run). Off: only the server token may.")
+    log_format: str = Field(default="text", description="Console lines as 'text' or 'json' (one JSON object per line, for log collectors); also `ketta server --log-format`.")
     log_level: str = Field(default="warning", description="Console log level for Letta's and Ketta's loggers; 'debug' also shows Python warnings.")
 
     def fix_skipped(self, upstream: str) -> bool:

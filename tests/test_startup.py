@@ -28,6 +28,8 @@ def test_default_start_prints_the_block_and_no_warning(shared_server: KettaProce
     lines = start_lines(shared_server)
     assert [line for line in lines if "WARNING" in line or "Warning" in line] == []
     own = [line for line in lines if not line.startswith("INFO:")]  # uvicorn's lines start with 'INFO:'
+    assert own[0].startswith("Starting Ketta 0.1.0 on http://127.0.0.1:") and "Ctrl-C" in own[0], own  # said at once
+    own = own[1:]
     assert own[0].startswith("Ketta 0.1.0 (Letta 0.16.8) on http://127.0.0.1:"), own
     db_name = urlsplit(shared_server.db_uri).path.lstrip("/")
     assert own[1].startswith("  database: PostgreSQL 127.0.0.1:") and f"/{db_name}, schema 0" in own[1], own
