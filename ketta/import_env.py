@@ -44,6 +44,16 @@ ENV_PROVIDERS: tuple[EnvProvider, ...] = (
 )
 
 
+def anything_configured(environ: dict[str, str] | None = None) -> bool:
+    """Whether any variable that makes :func:`wanted_providers` list a provider is set (read
+    without importing Letta: its ``model_settings`` take these names, case-insensitively, from
+    the environment, which already holds ``.env``). False: nothing to import, answered at once."""
+    names = {(spec.key or spec.base_url or "").upper() for spec in ENV_PROVIDERS}
+    names |= {"AZURE_API_KEY", "AWS_ACCESS_KEY_ID", "MOONSHOT_API_KEY"}
+    environ = os.environ if environ is None else environ
+    return any(value.strip() for key, value in environ.items() if key.upper() in names)
+
+
 def _setting(name: str | None) -> str | None:
     from letta.settings import model_settings
 

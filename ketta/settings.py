@@ -23,6 +23,11 @@ FILE_VARIABLES: tuple[str, ...] = (
 )
 
 
+# NAME -> the NAME_FILE path it was read from by load_environment (so a command can say where a
+# value came from: `ketta token` names LETTA_SERVER_PASSWORD_FILE, not LETTA_SERVER_PASSWORD).
+read_from_files: dict[str, str] = {}
+
+
 class SettingsError(ValueError):
     """A setting given in a form Ketta cannot use; the message says what to fix."""
 
@@ -43,6 +48,7 @@ def load_environment(dotenv: Path | None = None) -> None:
             continue
         try:
             os.environ[name] = Path(file_name).read_text().strip()
+            read_from_files[name] = file_name
         except OSError as exc:
             raise SettingsError(f"{name}_FILE={file_name} cannot be read ({exc.strerror}): mount the secret there, or set {name} instead.") from None
 

@@ -7,6 +7,7 @@ LETTA_PG_URI, so Ketta starts its own PostgreSQL under KETTA_HOME.
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 from importlib.metadata import version
@@ -63,12 +64,20 @@ def test_embedded_postgres_serves_refuses_a_second_server_and_stops_on_sigterm(
     assert second_code != 0
     refusal = second.log_text()
     assert str(home) in refusal and "in use" in refusal, refusal[-2000:]
+    assert f"in use by the Ketta server on {server.url} (pid {server.proc.pid})" in refusal, "names the server's port, not its PostgreSQL's"
     assert "Traceback" not in refusal, "a clear message, not a stack trace"
     assert httpx.get(f"{server.url}/v1/health/", headers=server.headers).status_code == 200, "the first server is unharmed"
 
     assert server.stop() in STOPPED_BY_SIGTERM, server.log_tail()
     assert postgres_processes(pgdata) == [], "SIGTERM stops the embedded PostgreSQL"
     assert not (pgdata / "postmaster.pid").exists(), "PostgreSQL was shut down cleanly"
+    assert (home / "server.lock").read_text() == "", "no pid or port left in the lock file of a stopped server"
+    mode = stat.S_IMODE(home.stat().st_mode)
+    after = subprocess.run([sys.executable, "-m", "ketta", "db", "current"], env=clean_env(KETTA_HOME=str(home)), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert after.returncode == 1 and after.stdout == "", after.stdout + after.stderr
+    assert after.stderr.startswith(f"Error: No Ketta server is running on KETTA_HOME={home}") and after.stderr.count("\n") == 1, after.stderr
+    assert postgres_processes(pgdata) == [] and stat.S_IMODE(home.stat().st_mode) == mode, "nothing started, nothing loosened"
 
 
 def test_unreachable_database_uri_exits_non_zero_with_a_clear_message(
