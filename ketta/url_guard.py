@@ -147,6 +147,14 @@ def check_url_syntax(url: object, field: str = "base_url") -> ParsedURL:
     return ParsedURL(scheme, host, port or (443 if scheme == "https" else 80))
 
 
+def refusal(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, category: str) -> str:
+    """Why a host is refused and how the operator allows it, naming the host once (an IP literal
+    is its own address) and the exact setting to add."""
+    where = f"a {category} address" if host == str(address) else f"its host resolves to {address}, a {category} address"
+    return (f"{where}; Ketta sends no request there unless the operator adds {host} to KETTA_ALLOW_PRIVATE_HOSTS "
+            "(a comma list of hosts, IPs or CIDRs, in the environment or .env) and restarts the server")
+
+
 def checked_addresses(host: str, port: int, resolve: Resolver | None = None) -> list[str]:
     """The addresses of ``host`` a connection may use; BlockedAddress if any is refused.
 
@@ -163,10 +171,7 @@ def checked_addresses(host: str, port: int, resolve: Resolver | None = None) -> 
         address = ipaddress.ip_address(text.split("%", 1)[0])
         category = refused_category(address)
         if category and not allowed.allows(plain, address):
-            raise BlockedAddress(
-                f"host '{plain}' resolves to {address}, a {category} address; Ketta does not send requests there "
-                f"unless the operator allows it: add '{plain}' or '{address}' to KETTA_ALLOW_PRIVATE_HOSTS"
-            )
+            raise BlockedAddress(refusal(plain, address, category))
     return addresses
 
 

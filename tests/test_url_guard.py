@@ -117,6 +117,20 @@ def test_hosts_resolving_to_non_public_addresses_are_refused(resolver, host: str
     assert "KETTA_ALLOW_PRIVATE_HOSTS" in str(blocked.value)
 
 
+def test_the_refusal_names_the_host_once_and_the_setting_to_add() -> None:
+    """Issue 22: the 422 said "add '127.0.0.1' or '127.0.0.1' to KETTA_ALLOW_PRIVATE_HOSTS"."""
+    with pytest.raises(BlockedAddress) as blocked:
+        checked_addresses("127.0.0.2", 8000)  # the suite allows 127.0.0.1 (its mocks)
+    message = str(blocked.value)
+    assert message.count("127.0.0.2") == 1 and message.startswith("a loopback address;"), message
+    assert "adds 127.0.0.2 to KETTA_ALLOW_PRIVATE_HOSTS" in message and "restarts the server" in message
+    with pytest.raises(BlockedAddress) as named:
+        checked_addresses("ollama.lan", 11434, resolve=lambda host, port: ["10.0.0.5"])
+    message = str(named.value)
+    assert message.count("ollama.lan") == 1 and message.startswith("its host resolves to 10.0.0.5, a private address;"), message
+    assert "adds ollama.lan to KETTA_ALLOW_PRIVATE_HOSTS" in message
+
+
 @pytest.mark.parametrize("literal", ["10.0.0.1", "169.254.169.254", "100.64.0.1", "::1", "[::1]", "0.0.0.0", "127.0.0.2",
                                      "192.168.1.1", "172.16.0.1", "fd12::1", "fe80::1", "255.255.255.255", "240.0.0.1"])
 def test_ip_literals_are_checked_without_resolving(resolver, literal: str) -> None:
@@ -360,6 +374,6 @@ def test_loopback_is_refused_unless_allowed(start_ketta, database_uri, llm: Mock
     with server.client() as api:
         refused = api.post("/v1/providers/", json={"name": "local", "provider_type": "openai", "api_key": "sk-guard", "base_url": llm.base_url})
         assert refused.status_code == 422, refused.text
-        assert "KETTA_ALLOW_PRIVATE_HOSTS" in refused.json()["detail"] and "127.0.0.1" in refused.json()["detail"]
+        assert "KETTA_ALLOW_PRIVATE_HOSTS" in refused.json()["detail"] and refused.json()["detail"].count("127.0.0.1") == 1
         assert api.get("/v1/providers/").json() == []
     assert llm.requests == []
