@@ -430,6 +430,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_console.py::test_start_says_what_it_does_at_once_and_ctrl_c_says_it_stopped",),
         "Ctrl-C during start-up says in one line that the start stopped.",
     ),
+    Mutation(
+        "url-guard-host-twice",
+        "ketta/url_guard.py",
+        "    where = f\"a {category} address\" if host == str(address) else",
+        "    where = f\"a {category} address\" if False else",
+        ("tests/test_url_guard.py::test_the_refusal_names_the_host_once_and_the_setting_to_add",),
+        "The URL-guard refusal names the host once (an IP literal is its own address).",
+    ),
+    Mutation(
+        "handle-typo-no-suggestion",
+        "ketta/handle_suggestions.py",
+        "    if close:",
+        "    if False:",
+        ("tests/letta_modifications/server/test_handle_suggestions.py::test_the_message_suggests_close_handles_else_some_else_says_what_to_do",),
+        "A mistyped handle's 404 suggests the close handles the caller can use.",
+    ),
+    Mutation(
+        "embedding-typo-400",
+        "ketta/letta_modifications/server/server.py",
+        "        if (exc.details or {}).get(\"argument_name\") != \"handle\":",
+        "        if True:",
+        ("tests/letta_modifications/server/test_handle_suggestions.py::test_an_embedding_handle_typo_is_a_404_not_a_400",),
+        "A mistyped embedding handle answers 404 naming it (stock: 400).",
+    ),
     # --- CLI commands and the database (issue 22): ketta/database.py, ketta/cli.py, ketta/import_env.py
     Mutation(
         "cli-attach-starts-embedded",

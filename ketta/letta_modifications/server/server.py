@@ -166,6 +166,42 @@ async def update_agent_async(self: SyncServer, agent_id: str, request, actor: Us
     return await patching.original(UPDATE_AGENT)(self, agent_id, request, actor)
 
 
+LLM_HANDLE = "letta.server.server:SyncServer.get_llm_config_from_handle_async"
+EMBEDDING_HANDLE = "letta.server.server:SyncServer.get_embedding_config_from_handle_async"
+
+
+async def get_llm_config_from_handle_async(self: SyncServer, actor: User, handle: str, context_window_limit: Optional[int] = None,
+                                           max_tokens: Optional[int] = None, max_reasoning_tokens: Optional[int] = None,
+                                           enable_reasoner: Optional[bool] = None) -> LLMConfig:
+    """Letta's lookup; an unknown handle is a 404 naming it with close handles the actor can use."""
+    from letta.errors import HandleNotFoundError
+
+    from ketta import handle_suggestions
+
+    try:
+        return await patching.original(LLM_HANDLE)(self, actor, handle, context_window_limit, max_tokens, max_reasoning_tokens,
+                                                   enable_reasoner)
+    except HandleNotFoundError:
+        usable = await handle_suggestions.usable_handles(self, actor, "llm")
+        raise handle_suggestions.not_found(handle, "llm", usable) from None
+
+
+async def get_embedding_config_from_handle_async(self: SyncServer, actor: User, handle: str,
+                                                 embedding_chunk_size: int = constants.DEFAULT_EMBEDDING_CHUNK_SIZE):
+    """Letta's lookup; an unknown handle is a 404 (stock: 400) naming it with close handles the actor can use."""
+    from letta.errors import LettaInvalidArgumentError
+
+    from ketta import handle_suggestions
+
+    try:
+        return await patching.original(EMBEDDING_HANDLE)(self, actor, handle, embedding_chunk_size)
+    except LettaInvalidArgumentError as exc:
+        if (exc.details or {}).get("argument_name") != "handle":
+            raise
+        usable = await handle_suggestions.usable_handles(self, actor, "embedding")
+        raise handle_suggestions.not_found(handle, "embedding", usable) from None
+
+
 PATCHES = [
     Patch(
         target=LIST_TARGET,
@@ -195,5 +231,19 @@ PATCHES = [
         fingerprint="60d8e08e9739ab5a",
         setting="provider_fallback",
         why="metadata.ketta_fallback_handles must name existing handles of the agent's API format (400 otherwise).",
+    ),
+    Patch(
+        target=LLM_HANDLE,
+        replacement=get_llm_config_from_handle_async,
+        fingerprint="12a4e6cb9c9fde72",
+        setting="unified_providers",
+        why="A mistyped chat handle answers 404 naming it and the closest handles the caller can use (stock: 'must be one of []').",
+    ),
+    Patch(
+        target=EMBEDDING_HANDLE,
+        replacement=get_embedding_config_from_handle_async,
+        fingerprint="4c10e262f1d0a389",
+        setting="unified_providers",
+        why="A mistyped embedding handle answers 404 (stock: 400) naming it and the closest handles the caller can use.",
     ),
 ]
