@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -115,16 +116,25 @@ def _import_letta_app(server_token: str | None) -> FastAPI:
         os.environ["LETTA_SERVER_PASSWORD"] = server_token
     from ketta import home
 
+    sys.argv.append(_NO_OPENAPI_AT_IMPORT)
     try:
         with home.letta_cwd(get_settings()):
             from letta.server.rest_api.app import app
     finally:
+        sys.argv.remove(_NO_OPENAPI_AT_IMPORT)
         if set_here:
             if before is None:
                 os.environ.pop("LETTA_SERVER_PASSWORD", None)
             else:
                 os.environ["LETTA_SERVER_PASSWORD"] = before
     return app
+
+
+# Letta's own switch (read from sys.argv by ``create_application``): do not build the OpenAPI
+# document at import. Built there it cost ~6 s of CPU per start (40% of it) and was thrown away:
+# FastAPI rebuilds it at the first GET /openapi.json once Ketta has added its routes. Without it
+# Letta also writes no ``openapi_letta.json`` (a file for its SDK generator, read by nothing).
+_NO_OPENAPI_AT_IMPORT = "--no-generation"
 
 async def _close_pools() -> None:
     """Close the shared LLM HTTP clients and this process's database pool."""

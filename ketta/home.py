@@ -7,11 +7,11 @@ Stock Letta writes ``~/.letta/config`` (0644, holding the database URI with its 
   imported, so :func:`contain_letta` runs before any Letta import); its config file is not
   written at all (``letta_modifications/config.py``): Ketta's database settings live in the
   environment and ``KETTA_HOME/pg_password``.
-- The OpenAPI file Letta writes while its app module is imported lands in ``KETTA_HOME/letta``
-  (:func:`letta_cwd`).
+- Letta's app module is imported with ``KETTA_HOME/letta`` as working directory
+  (:func:`letta_cwd`), for whatever it writes there (``ketta.app`` has it skip its OpenAPI file).
 - ``XDG_CACHE_HOME`` is ``KETTA_HOME/cache`` unless set: onnxruntime (a dependency of Letta's
   file parsing) writes a device id under ``~/.cache`` when imported.
-- The process umask is 077, so whatever the server creates (logs, the OpenAPI file) is private;
+- The process umask is 077, so whatever the server creates (logs, caches) is private;
   :func:`secure_files` also fixes files an older version left world-readable.
 """
 

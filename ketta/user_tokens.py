@@ -183,12 +183,6 @@ def _http(error: TokenError) -> HTTPException:
 
 
 def mount(app: Any) -> None:
-    """Add the routes under /v1 and to the OpenAPI document Letta already built (it caches it)."""
-    from fastapi.openapi.utils import get_openapi
-
+    """Add the routes under /v1. FastAPI builds /openapi.json at its first request from every route
+    then mounted (and again when routes change), so these are in it without merging anything."""
     app.include_router(router(), prefix="/v1")
-    ours = [r for r in app.routes if getattr(r, "path", "").startswith("/v1/ketta/")]
-    extra = get_openapi(title="ketta", version="1", routes=ours)
-    schema = app.openapi_schema or app.openapi()
-    schema["paths"].update(extra["paths"])
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("components", {}).get("schemas", {}))
