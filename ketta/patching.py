@@ -212,6 +212,14 @@ _handler_patches: dict[str, Patch] = {}
 _installed_handlers: dict[str, list[tuple[Any, Any, Any]]] = {}
 
 
+def original_handler(target: str, app: Any) -> Any:
+    """The handler an exception_handler patch replaced on ``app``, for replacements that call through."""
+    for installed_app, _key, handler in _installed_handlers.get(target, []):
+        if installed_app is app:
+            return handler
+    raise PatchTargetMissing(f"{target}: not installed on this app")
+
+
 def register_exception_handler(patch: Patch) -> None:
     """Remember an applied exception_handler patch for :func:`install_exception_handlers`."""
     _handler_patches[patch.target] = patch

@@ -215,6 +215,15 @@ def check_key(value: object, field: str = "api_key") -> None:
         remember_secret(value)
 
 
+def creatable_types() -> list[str]:
+    """The provider types POST /v1/providers/ accepts, in Letta's order (for messages)."""
+    from letta.schemas.enums import ProviderType
+
+    from ketta.letta_modifications.schemas.providers.base import PROVIDER_CLASSES
+
+    return [t.value for t in ProviderType if t.value not in REFUSED_PROVIDER_TYPES and t.value in PROVIDER_CLASSES]
+
+
 def check_creatable_type(provider_type: object) -> None:
     """422 for the provider types that cannot be created over REST (see REFUSED_PROVIDER_TYPES)."""
     value = str(getattr(provider_type, "value", provider_type))
@@ -225,7 +234,8 @@ def check_creatable_type(provider_type: object) -> None:
         if value not in PROVIDER_CLASSES:  # Letta lists it but has no provider class for it (fireworks, hugging-face)
             reason = f"'{value}' has no provider implementation in Letta 0.16.8"
     if reason:
-        raise ProviderInputError(f"provider_type {reason}; choose another provider_type (e.g. 'openai' for any OpenAI-compatible API).")
+        raise ProviderInputError(f"provider_type {reason}; choose one of: {', '.join(creatable_types())} "
+                                 "('openai' for any OpenAI-compatible API).")
 
 
 def check_limit(limit: int | None) -> None:

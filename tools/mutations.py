@@ -454,6 +454,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/letta_modifications/server/test_handle_suggestions.py::test_an_embedding_handle_typo_is_a_404_not_a_400",),
         "A mistyped embedding handle answers 404 naming it (stock: 400).",
     ),
+    Mutation(
+        "provider-type-422-repr",
+        "ketta/letta_modifications/server/rest_api/app.py",
+        "        if error.get(\"type\") == \"enum\" and",
+        "        if False and",
+        ("tests/letta_modifications/server/test_provider_type_422.py::test_an_unknown_provider_type_is_a_plain_422_with_the_creatable_types",),
+        "An unknown provider_type is a plain 422 listing the creatable types.",
+    ),
     # --- CLI commands and the database (issue 22): ketta/database.py, ketta/cli.py, ketta/import_env.py
     Mutation(
         "cli-attach-starts-embedded",

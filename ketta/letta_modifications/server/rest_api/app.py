@@ -38,12 +38,41 @@ async def llm_error_handler(request: Any, exc: Any) -> Any:
     return await gateway_answer(request, exc)
 
 
+VALIDATION_HANDLER = "letta.server.rest_api.app:create_application.<locals>.custom_request_validation_handler"
+
+
+async def custom_request_validation_handler(request: Any, exc: Any) -> Any:
+    """An unknown ``provider_type`` is a 422 in one sentence listing the types that can be created;
+    any other validation error is answered by Letta's handler, as before."""
+    from fastapi.responses import JSONResponse
+
+    from ketta import patching
+    from ketta.providers import creatable_types
+
+    for error in exc.errors():
+        if error.get("type") == "enum" and tuple(error.get("loc", ()))[-1:] == ("provider_type",):
+            where = "query parameter" if error["loc"][0] == "query" else "field"
+            return JSONResponse(status_code=422, content={"detail": (
+                f"provider_type {error.get('input')!r} is not a provider type ({where} 'provider_type'); use one of: "
+                f"{', '.join(creatable_types())} ('openai' for any OpenAI-compatible API).")})
+    return await patching.original_handler(VALIDATION_HANDLER, request.app)(request, exc)
+
+
 def download(info_or_id: str | None = None, *args: object, **kwargs: object) -> bool:
     log.info("Ketta: skipped NLTK download of %r (no downloads at run time)", info_or_id)
     return False
 
 
 PATCHES = [
+    Patch(
+        target=VALIDATION_HANDLER,
+        replacement=custom_request_validation_handler,
+        fingerprint="b86ac0a393e72789",  # of create_application, which defines and registers the handler
+        setting="unified_providers",
+        mode="exception_handler",
+        why="An unknown provider_type answers 422 in one sentence listing the types that can be created, not a Python repr "
+            "of pydantic's errors listing types that cannot (letta, chatgpt_oauth, pool, fireworks, hugging-face).",
+    ),
     Patch(
         target="nltk:download",
         replacement=download,
