@@ -37,11 +37,17 @@ def load_environment(dotenv: Path | None = None) -> None:
     ``NAME_FILE`` secrets into ``NAME``. Idempotent; call before anything imports Letta."""
     from dotenv import dotenv_values
 
+    from ketta import env_file
+
     path = dotenv if dotenv is not None else Path.cwd() / ".env"
     if path.is_file():
+        env_file.check(path)  # a line it cannot read stops here, said once (python-dotenv would skip it)
+        taken = set()
         for key, value in dotenv_values(path).items():
             if value is not None and key not in os.environ:
                 os.environ[key] = value
+                taken.add(key)
+        env_file.remember(path, taken)
     for name in FILE_VARIABLES:
         file_name = os.environ.get(f"{name}_FILE")
         if not file_name or os.environ.get(name):
@@ -142,4 +148,14 @@ class KettaSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> KettaSettings:
-    return KettaSettings()
+    """Ketta's settings; a value that does not validate is a SettingsError in one line naming the
+    variable and its source (pydantic's own message spans lines and names neither)."""
+    from pydantic import ValidationError
+
+    try:
+        return KettaSettings()
+    except ValidationError as exc:
+        from ketta import env_file
+
+        secret = frozenset(name for name, info in KettaSettings.model_fields.items() if info.annotation is SecretStr)
+        raise SettingsError(env_file.describe_invalid(exc, secret_fields=secret)) from None

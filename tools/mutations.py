@@ -462,6 +462,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/letta_modifications/server/test_provider_type_422.py::test_an_unknown_provider_type_is_a_plain_422_with_the_creatable_types",),
         "An unknown provider_type is a plain 422 listing the creatable types.",
     ),
+    Mutation(
+        "env-file-malformed-skipped",
+        "ketta/env_file.py",
+        "    if bad:\n",
+        "    if False:\n",
+        ("tests/test_env_file.py::test_a_malformed_line_stops_the_server_once_naming_file_and_line",
+         "tests/test_env_file.py::test_an_unclosed_quote_in_the_database_uri_is_an_error_not_the_embedded_database"),
+        "A .env line Ketta cannot read stops the start, said once with file and line.",
+    ),
+    Mutation(
+        "settings-error-multiline",
+        "ketta/settings.py",
+        "        raise SettingsError(env_file.describe_invalid(exc, secret_fields=secret)) from None",
+        "        raise",
+        ("tests/test_env_file.py::test_an_invalid_value_names_the_variable_and_its_source",),
+        "An invalid setting is one line naming the variable and where it came from.",
+    ),
     # --- CLI commands and the database (issue 22): ketta/database.py, ketta/cli.py, ketta/import_env.py
     Mutation(
         "cli-attach-starts-embedded",
