@@ -10,7 +10,8 @@ RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
 
 # Stage 2: the server. Binary wheels only for the PostgreSQL drivers: no compiler, no libpq headers.
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin ketta
+# uid and gid 10001: compose's secrets are readable by group 10001 on the host (README, Containers)
+RUN groupadd --gid 10001 ketta && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin ketta
 COPY --from=wheel /dist/*.whl /tmp/install/
 COPY constraints.txt /tmp/install/
 RUN pip install --no-cache-dir -U 'pip>=25' \

@@ -85,3 +85,39 @@ def test_dockerfile_runs_the_wheel_as_a_non_root_user_with_a_healthcheck() -> No
     assert "8283" in ops["EXPOSE"]
     compose = yaml.safe_load((REPO / "compose.yaml").read_text())
     assert compose["services"]["ketta"]["environment"]["KETTA_HOME"] == re.search(r"KETTA_HOME=(\S+)", ops["ENV"]).group(1)
+
+
+def parse_seconds(text: str) -> float:
+    """A compose duration ('30s', '1m30s', '90') in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)?", str(text))
+    return sum(float(number) * units[unit or "s"] for number, unit in parts)
+
+
+def test_compose_sets_nothing_inert_and_outlasts_the_shutdown_grace() -> None:
+    """Issue 22, item 12: LETTA_SERVER_SECURE does nothing under Ketta; Docker's SIGKILL must come
+    after KETTA_SHUTDOWN_GRACE (running requests) plus the pools' close."""
+    ketta = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["ketta"]
+    assert "LETTA_SERVER_SECURE" not in ketta["environment"]
+    grace = float(ketta["environment"].get("KETTA_SHUTDOWN_GRACE", KettaSettings.model_fields["shutdown_grace"].default))
+    assert parse_seconds(ketta["stop_grace_period"]) >= grace + 10, (ketta.get("stop_grace_period"), grace)
+
+
+def test_secrets_are_never_world_readable_and_each_container_can_read_its_own() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Containers (compose)", 1)[1].split("\n### ", 1)[0]
+    assert "chmod 644" not in readme and "chmod 640 secrets/*" in section
+    assert "sudo chgrp 10001 secrets/ketta_token" in section and "sudo chgrp 999 secrets/pg_password" in section
+    assert "umask 077" in section, "never world-readable, not even before the chmod"
+    assert "999" in [str(group) for group in compose["services"]["ketta"]["group_add"]], "ketta reads pg_password through postgres' group"
+    steps = dockerfile_instructions()
+    assert any(op == "RUN" and "groupadd --gid 10001 ketta" in arg and "--uid 10001 --gid 10001" in arg for op, arg in steps)
+
+
+def test_the_build_venv_and_dist_stay_out_of_git_and_the_image_context() -> None:
+    for name in (".gitignore", ".dockerignore"):
+        lines = (REPO / name).read_text().splitlines()
+        assert ".build/" in lines, name
+    wheel_block = (REPO / "README.md").read_text().split("### A wheel, on any machine", 1)[1].split("```", 2)[1]
+    assert "cp constraints.txt dist/" in wheel_block and "-c dist/constraints.txt dist/ketta-" in wheel_block
