@@ -168,6 +168,17 @@ def _secrets_out_of_environment(app_module_settings: KettaSettings) -> None:
     log.debug("Secrets taken out of the environment: %s", ", ".join(names))
 
 
+def _operator_keys_out_of_letta(app_module_settings: KettaSettings) -> None:
+    """Letta's clients fall back to the env keys it read into ``model_settings`` for any call
+    without a key of its own: empty them (kept in Ketta's memory for its own fallback)."""
+    if not app_module_settings.unified_providers:
+        return
+    from ketta.operator_keys import withhold_from_letta
+
+    names = withhold_from_letta()
+    log.debug("Operator keys withheld from Letta's clients: %s", ", ".join(names))
+
+
 def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
     global _app
@@ -207,6 +218,7 @@ def create_app() -> FastAPI:
         install_log_scrubbing()
         user_tokens.mount(app)
         _secrets_out_of_environment(app_module_settings=get_settings())
+        _operator_keys_out_of_letta(app_module_settings=get_settings())
         if _server_token is not None:
             if get_settings().web_app_dir:
                 from ketta import web_login

@@ -57,7 +57,9 @@ def anything_configured(environ: dict[str, str] | None = None) -> bool:
 def _setting(name: str | None) -> str | None:
     from letta.settings import model_settings
 
-    value = getattr(model_settings, name, None) if name else None
+    from ketta.operator_keys import withheld
+
+    value = (getattr(model_settings, name, None) or withheld().get(name.upper())) if name else None
     return value or None
 
 

@@ -240,10 +240,13 @@ def _bounded(kwargs: dict[str, Any], base_url: str, lib: str, asynchronous: bool
 def bounded_init(original_target: str, lib: str, asynchronous: bool, base_url_env: str, default_base_url: str) -> Callable[..., None]:
     """A replacement ``__init__`` for an SDK client class (``original_target``, e.g.
     ``openai._client:AsyncOpenAI.__init__``): the endpoint's shared client, Ketta's timeouts and
-    retries, whatever the caller (Letta builds one SDK client per call) passed for those."""
+    retries, whatever the caller (Letta builds one SDK client per call) passed for those; and a key
+    always passed, so the SDK never takes the operator's from the environment."""
     from ketta import patching
+    from ketta.operator_keys import never_from_environment
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs = never_from_environment(kwargs)
         base_url = kwargs.get("base_url") or os.environ.get(base_url_env) or default_base_url
         patching.original(original_target)(self, *args, **_bounded(kwargs, str(base_url), lib, asynchronous))
 

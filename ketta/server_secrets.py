@@ -45,6 +45,11 @@ def taken() -> dict[str, str]:
     return dict(_taken)
 
 
+def keep(name: str, value: str) -> None:
+    """Hold a secret taken from elsewhere (Letta's settings objects) under its env name."""
+    _taken.setdefault(name, value)
+
+
 def take_from_environment() -> list[str]:
     """Move every secret out of ``os.environ`` (after Letta read its settings); returns the names."""
     names = [name for name in os.environ if is_secret(name)]

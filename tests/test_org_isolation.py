@@ -85,13 +85,18 @@ def test_a_pool_s_members_are_its_own_organization_s(orgs):
 def test_another_organization_s_pool_and_provider_health_are_404(orgs):
     b = orgs["client_b"]
     pool_a = orgs["pool_a"]["id"]
-    assert b.get(f"/v1/pools/{pool_a}").status_code == 404
-    assert b.patch(f"/v1/pools/{pool_a}", json={"members": ["iso b1"]}).status_code == 404
-    assert b.delete(f"/v1/pools/{pool_a}").status_code == 404
+    not_found = {"detail": f"Pool '{pool_a}' not found."}
+    for response in (b.get(f"/v1/pools/{pool_a}"), b.patch(f"/v1/pools/{pool_a}", json={"members": ["iso b1"]}),
+                     b.delete(f"/v1/pools/{pool_a}")):
+        # refused where the pool is looked up, before anything of A's is written (not by a later
+        # check that would tell B the pool "was deleted")
+        assert response.status_code == 404 and response.json() == not_found, (response.request.method, response.text)
     for provider_id in (pool_a, orgs["providers_a"][0]["id"]):
         health = b.get(f"/v1/providers/{provider_id}/health")
         assert health.status_code == 404, health.text
-    assert orgs["client_a"].get(f"/v1/pools/{pool_a}").status_code == 200  # still A's
+    still = orgs["client_a"].get(f"/v1/pools/{pool_a}")
+    assert still.status_code == 200, still.text  # still A's, with A's members
+    assert [m["name"] for m in still.json()["members"]] == ["iso a1", "iso a2"]
 
 
 def test_a_message_never_uses_another_organization_s_key(orgs, mocks):

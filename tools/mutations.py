@@ -920,6 +920,46 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_redirects.py",),
         "Letta's aiohttp listings (ollama, mistral) never follow a redirect.",
     ),
+    Mutation(
+        "azure-env-key-for-keyless",
+        "ketta/letta_modifications/llm_api/azure_client.py",
+        "    return key, base_url, api_version",
+        "    return patching.original(TARGET)(self, api_key, base_url, api_version)",
+        ("tests/test_operator_keys.py::test_a_keyless_azure_provider_never_gets_azure_api_key",),
+        "A keyless azure provider never gets the operator's AZURE_API_KEY (Letta's _resolve_credentials fallback).",
+    ),
+    Mutation(
+        "operator-key-any-endpoint",
+        "ketta/operator_keys.py",
+        "    return key if any(own and is_under(endpoint, own) for own in own_endpoints) else None",
+        "    return key",
+        ("tests/test_operator_keys.py::test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint",),
+        "With the fallback on, AZURE_API_KEY goes only to the operator's own endpoint.",
+    ),
+    Mutation(
+        "operator-key-ignores-setting",
+        "ketta/operator_keys.py",
+        "    if not get_settings().env_key_fallback or not endpoint:",
+        "    if not endpoint:",
+        ("tests/test_operator_keys.py::test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint",),
+        "With the fallback off (the default), not even the operator's own Azure endpoint gets AZURE_API_KEY.",
+    ),
+    Mutation(
+        "letta-model-settings-keep-keys",
+        "ketta/operator_keys.py",
+        "        setattr(model_settings, field, None)",
+        "        pass",
+        ("tests/test_operator_keys.py::test_agent_configs_without_a_provider_never_get_an_env_key",),
+        "Letta's clients that read model_settings (DeepSeek, Groq, xAI, Together, MiniMax, Z.ai, ...) never get an env key.",
+    ),
+    Mutation(
+        "sdk-key-from-environment",
+        "ketta/operator_keys.py",
+        "    if kwargs.get(\"api_key\") is None and not kwargs.get(\"auth_token\"):",
+        "    if False:",
+        ("tests/test_operator_keys.py::test_agent_configs_without_a_provider_never_get_an_env_key",),
+        "An SDK client built without a key sends the placeholder, never reads OPENAI_API_KEY/ANTHROPIC_API_KEY itself.",
+    ),
 )
 
 

@@ -34,6 +34,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.llm_api.anthropic_client",
     "ketta.letta_modifications.llm_api.openai",
     "ketta.letta_modifications.llm_api.google_ai_client",
+    "ketta.letta_modifications.llm_api.azure_client",
     "ketta.letta_modifications.agents.agent_loop",
     "ketta.letta_modifications.schemas.providers",
     "ketta.letta_modifications.schemas.providers.base",

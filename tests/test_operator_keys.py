@@ -1,0 +1,253 @@
+"""The operator's env keys reach no endpoint through any of Letta's LLM clients.
+
+Letta's Azure, DeepSeek, Groq, xAI, Together, Fireworks, Baseten, Z.ai, MiniMax, Gemini and
+Anthropic clients fall back to (or only use) the keys Letta read from the environment into
+``model_settings``. A server whose operator set one key per type (the env-key fallback off, the
+default) serves a keyless ``azure`` provider and agents whose ``llm_config``/``embedding_config``
+name no provider, each pointed at a local recording endpoint (one path prefix per type, so each
+test shows the call did reach it): no operator key is in any header, path or query it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import KettaProcess, server_of_its_own, unique
+from ketta.database import free_port
+
+# One operator key per env variable Letta reads into model_settings (values unique to this test).
+OPERATOR_KEYS = {
+    name: f"opkey-{name.lower().replace('_', '-')}-5c1d"
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "DEEPSEEK_API_KEY", "GROQ_API_KEY", "XAI_API_KEY",
+                 "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "BASETEN_API_KEY", "ZAI_API_KEY", "MINIMAX_API_KEY", "GEMINI_API_KEY",
+                 "OPENROUTER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+}
+# Every model_endpoint_type whose Letta client reads an env key (fireworks: Letta 0.16.8 cannot store
+# an agent of that type, 400 from its AgentState validation, so its client is unreachable; google_ai
+# always calls Google's public host: its key is checked in-process below).
+CHAT_TYPES = ("openai", "deepseek", "groq", "xai", "together", "zai", "openrouter", "anthropic", "minimax")
+EMBEDDING_TYPES = ("openai", "groq", "together", "azure")  # the types EmbeddingConfig accepts that have a client of their own
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class RecordingEndpoint:
+    """An LLM endpoint on 127.0.0.1 answering OpenAI-, Azure- and Anthropic-shaped requests on any
+    path prefix, recording every request's method, path (query included) and headers."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.seen: list[Seen] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                endpoint.seen.append(Seen(method, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                path = self.path.split("?", 1)[0].rstrip("/")
+                model = body.get("model", "mock-chat-1") if isinstance(body, dict) else "mock-chat-1"
+                if method == "GET" and (path.endswith("/deployments") or path.endswith("/models")):
+                    payload: Any = {"object": "list", "data": [{"id": "mock-chat-1", "object": "model", "created": 1, "created_at": 1,
+                                                                  "owned_by": "mock", "capabilities": {"chat_completion": True}}]}
+                elif path.endswith("/chat/completions"):
+                    payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                elif path.endswith("/embeddings"):
+                    inputs = body.get("input") or [""]
+                    inputs = inputs if isinstance(inputs, list) else [inputs]
+                    payload = {"object": "list", "model": model, "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                               "data": [{"object": "embedding", "index": i, "embedding": [0.1] * 1536} for i in range(len(inputs))]}
+                elif path.endswith("/messages"):
+                    payload = {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "stop_reason": "end_turn",
+                               "content": [{"type": "text", "text": "ok"}], "usage": {"input_tokens": 1, "output_tokens": 1}}
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "not here"}}')
+                    return
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                self._answer("GET")
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                self._answer("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def under(self, prefix: str) -> list[Seen]:
+        return [s for s in self.seen if s.path.startswith(f"/{prefix}/")]
+
+    def leaked(self) -> list[tuple[str, str]]:
+        """(env name, where) of every operator key that reached this endpoint."""
+        found = []
+        for seen in self.seen:
+            text = seen.path + "\n" + "\n".join(f"{k}: {v}" for k, v in seen.headers.items())
+            found += [(name, seen.path) for name, key in OPERATOR_KEYS.items() if key in text]
+        return found
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def operator_endpoint() -> Iterator[RecordingEndpoint]:
+    """The operator's own Azure endpoint (AZURE_BASE_URL), where Letta would spend AZURE_API_KEY."""
+    endpoint = RecordingEndpoint(port=free_port())
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str, operator_endpoint: RecordingEndpoint) -> Iterator[KettaProcess]:
+    """A server whose operator set every key Letta reads, the env-key fallback off (the default)."""
+    with server_of_its_own(pg_uri, Path(tmp_path_factory.mktemp("opkeys-home")), "opkeys", **OPERATOR_KEYS,
+                           AZURE_BASE_URL=f"{operator_endpoint.url}/operator-azure/openai/v1", AZURE_API_VERSION="2024-09-01-preview",
+                           AWS_DEFAULT_REGION="us-east-1") as proc:
+        yield proc
+
+
+@pytest.fixture()
+def attacker() -> Iterator[RecordingEndpoint]:
+    endpoint = RecordingEndpoint()
+    yield endpoint
+    endpoint.close()
+
+
+def test_a_keyless_azure_provider_never_gets_azure_api_key(keyed_server, attacker):
+    name = unique("keyless-azure")
+    with keyed_server.client() as api:
+        created = api.post("/v1/providers/", json={"name": name, "provider_type": "azure", "api_key": "",
+                                                   "base_url": f"{attacker.url}/azure/openai/v1", "api_version": "2024-09-01-preview"})
+        assert created.status_code == 200, created.text
+        agent = api.post("/v1/agents/", json={
+            "name": unique("azure-thief"), "model": f"{name}/mock-chat-1", "include_base_tools": False,
+            "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "azure",
+                                 "embedding_endpoint": f"{attacker.url}/azure/openai/v1", "embedding_dim": 1536,
+                                 "handle": f"{name}/text-embedding-3-small"}})
+        assert agent.status_code == 200, agent.text
+        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
+    chat = [s for s in attacker.under("azure") if s.path.split("?")[0].endswith("/chat/completions")]
+    assert chat, f"the message reached the provider's endpoint: {[s.path for s in attacker.seen]}"
+    assert chat[-1].headers.get("authorization") == "Bearer ketta-no-key"
+    assert [s for s in attacker.under("azure") if s.path.split("?")[0].endswith("/embeddings")], "the embedding reached it too"
+    assert attacker.leaked() == []
+
+
+def test_agent_configs_without_a_provider_never_get_an_env_key(keyed_server, attacker, operator_endpoint):
+    """Every client type, chat and embeddings, pointed at the attacker's endpoint (Azure's at the
+    operator's own AZURE_BASE_URL, where stock Letta spends AZURE_API_KEY for anyone)."""
+    with keyed_server.client() as api:
+        for endpoint_type in CHAT_TYPES:
+            agent = api.post("/v1/agents/", json={
+                "name": unique(f"cfg-{endpoint_type}"), "include_base_tools": False,
+                "llm_config": {"model": "mock-chat-1", "model_endpoint_type": endpoint_type,
+                               "model_endpoint": f"{attacker.url}/{endpoint_type}/v1", "context_window": 8000},
+                "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "openai",
+                                     "embedding_endpoint": f"{attacker.url}/openai-embed/v1", "embedding_dim": 1536},
+            })
+            assert agent.status_code == 200, (endpoint_type, agent.text)
+            api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        azure = api.post("/v1/agents/", json={
+            "name": unique("cfg-azure"), "include_base_tools": False,
+            "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "azure",
+                           "model_endpoint": f"{attacker.url}/azure/v1", "context_window": 8000},
+            "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "openai",
+                                 "embedding_endpoint": f"{attacker.url}/openai-embed/v1", "embedding_dim": 1536},
+        })
+        assert azure.status_code == 200, azure.text
+        api.post(f"/v1/agents/{azure.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        for endpoint_type in EMBEDDING_TYPES:
+            agent = api.post("/v1/agents/", json={
+                "name": unique(f"emb-{endpoint_type}"), "include_base_tools": False,
+                "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "openai",
+                               "model_endpoint": f"{attacker.url}/openai-chat/v1", "context_window": 8000},
+                "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": endpoint_type,
+                                     "embedding_endpoint": f"{attacker.url}/embed-{endpoint_type}/v1", "embedding_dim": 1536},
+            })
+            assert agent.status_code == 200, (endpoint_type, agent.text)
+            api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
+    reached = {t for t in CHAT_TYPES if attacker.under(t)} | {f"embed-{t}" for t in EMBEDDING_TYPES if attacker.under(f"embed-{t}")}
+    missing = (set(CHAT_TYPES) | {f"embed-{t}" for t in EMBEDDING_TYPES if t != "azure"}) - reached
+    assert not missing, f"these calls never reached the endpoint (the test would prove nothing for them): {sorted(missing)}"
+    assert operator_endpoint.under("operator-azure"), "the azure config's call went to the operator's AZURE_BASE_URL"
+    assert attacker.leaked() == []
+    assert operator_endpoint.leaked() == [], "a user's agent spent the operator's AZURE_API_KEY at its own endpoint"
+
+
+def test_the_operator_keys_are_withheld_from_letta_s_settings(keyed_server):
+    """Every key this module sets is a field :func:`credential_fields` finds in the installed Letta
+    (so a field an upgrade adds, matching the pattern, is withheld too)."""
+    from letta.settings import ModelSettings
+
+    from ketta.operator_keys import credential_fields
+
+    fields = set(credential_fields(ModelSettings()))
+    assert {name.lower() for name in OPERATOR_KEYS} <= fields, fields
+
+
+def test_withheld_keys_leave_letta_s_settings(monkeypatch):
+    """In-process: withholding empties Letta's fields (what GoogleAIClient, whose endpoint is
+    Google's own, and the others read), kept for Ketta's own fallback and for redaction."""
+    from letta.settings import model_settings
+
+    from ketta import operator_keys, server_secrets
+    from ketta.app import _operator_keys_out_of_letta
+    from ketta.settings import KettaSettings
+
+    monkeypatch.setattr(model_settings, "gemini_api_key", "opkey-gemini-inproc")
+    monkeypatch.setattr(model_settings, "deepseek_api_key", "opkey-deepseek-inproc")
+    monkeypatch.setattr(operator_keys, "_withheld", {})
+    monkeypatch.setattr(server_secrets, "_taken", {})
+    _operator_keys_out_of_letta(KettaSettings())
+    assert model_settings.gemini_api_key is None and model_settings.deepseek_api_key is None
+    assert server_secrets.get("GEMINI_API_KEY") == "opkey-gemini-inproc"
+    assert "GEMINI_API_KEY" in operator_keys.withheld()
+
+
+def test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint(monkeypatch):
+    """KETTA_ENV_KEY_FALLBACK=true: AZURE_API_KEY goes to AZURE_BASE_URL (or below), never elsewhere."""
+    from ketta import operator_keys
+    from ketta.letta_modifications.llm_api import azure_client
+    from ketta.settings import KettaSettings
+
+    monkeypatch.setattr("ketta.settings.get_settings", lambda: KettaSettings(env_key_fallback=True))
+    monkeypatch.setitem(operator_keys._withheld, "AZURE_API_KEY", "opkey-azure")
+    own = ["https://operator.openai.azure.com/openai/v1"]
+    assert operator_keys.operator_key_at("AZURE_API_KEY", "https://operator.openai.azure.com/openai/v1", own) == "opkey-azure"
+    assert operator_keys.operator_key_at("AZURE_API_KEY", "https://user.example.com/openai/v1", own) is None
+    monkeypatch.setattr(azure_client, "operator_endpoints", lambda: own)
+    resolve = azure_client._resolve_credentials.__get__(object())
+    monkeypatch.setattr("ketta.patching.original", lambda target: lambda self, key, base, version: (key, base, version))
+    assert resolve(None, "https://operator.openai.azure.com/openai/v1", None)[0] == "opkey-azure"
+    assert resolve(None, "https://user.example.com/openai/v1", None)[0] == "ketta-no-key"
+    assert resolve("sk-stored", "https://user.example.com/openai/v1", None)[0] == "sk-stored"
+    monkeypatch.setattr("ketta.settings.get_settings", lambda: KettaSettings(env_key_fallback=False))
+    assert resolve(None, "https://operator.openai.azure.com/openai/v1", None)[0] == "ketta-no-key"
