@@ -171,11 +171,12 @@ def _secrets_out_of_environment(app_module_settings: KettaSettings) -> None:
 def _operator_keys_out_of_letta(app_module_settings: KettaSettings) -> None:
     """Letta's clients fall back to the env keys it read into ``model_settings`` for any call
     without a key of its own: empty them (kept in Ketta's memory for its own fallback)."""
+    from ketta.operator_keys import withhold_from_letta, withhold_search_keys
+
+    names = [] if app_module_settings.share_search_keys else withhold_search_keys()
     if not app_module_settings.unified_providers:
         return
-    from ketta.operator_keys import withhold_from_letta
-
-    names = withhold_from_letta()
+    names += withhold_from_letta()
     log.debug("Operator keys withheld from Letta's clients: %s", ", ".join(names))
 
 

@@ -46,8 +46,15 @@ async def fetch_image(url: str, timeout_seconds: float = 5.0) -> tuple[bytes, st
     each one checked. Raises ImageRefused for a refused address, httpx errors for the rest."""
     from letta import __version__
 
+    return await fetch_checked(url, timeout_seconds, MAX_IMAGE_BYTES, f"Letta/{__version__}", "the image")
+
+
+async def fetch_checked(url: str, timeout_seconds: float, max_bytes: int, user_agent: str, what: str) -> tuple[bytes, str | None]:
+    """(bytes, content type) of a GET of ``url`` whose every hop (at most MAX_REDIRECTS redirects)
+    passes the URL guard, before connecting and at connection time. ImageRefused for a refused
+    address or a body over ``max_bytes`` (``what`` names it), httpx errors for the rest."""
     timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds / 2, 3.0))
-    async with url_guard.guarded_async_client(timeout=timeout, headers={"User-Agent": f"Letta/{__version__}"},
+    async with url_guard.guarded_async_client(timeout=timeout, headers={"User-Agent": user_agent},
                                               follow_redirects=False, trust_env=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             await check_image_url(url)
@@ -60,8 +67,8 @@ async def fetch_image(url: str, timeout_seconds: float = 5.0) -> tuple[bytes, st
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
-                        if len(body) > MAX_IMAGE_BYTES:
-                            raise ImageRefused(f"the image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+                        if len(body) > max_bytes:
+                            raise ImageRefused(f"{what} is larger than {max_bytes // (1024 * 1024)} MB")
                     return bytes(body), response.headers.get("content-type")
             except httpx.ConnectError as exc:
                 if isinstance(exc.__cause__, url_guard.BlockedAddress) or "KETTA_ALLOW_PRIVATE_HOSTS" in str(exc):

@@ -52,6 +52,28 @@ def withhold_from_letta() -> list[str]:
     return sorted(names)
 
 
+# Keys of Letta's tool_settings that its built-in tools spend for whichever agent calls them
+# (web_search, fetch_webpage). E2B and Modal keys are not here: they choose the sandbox that runs
+# every tool, an operator's decision that withholding them would silently change.
+SEARCH_TOOL_FIELDS = ("exa_api_key", "tavily_api_key")
+
+
+def withhold_search_keys() -> list[str]:
+    """Empty Letta's search-tool keys (kept here), so a user's agent cannot spend the operator's."""
+    from ketta import server_secrets
+    from letta.settings import tool_settings
+
+    names = []
+    for field in SEARCH_TOOL_FIELDS:
+        value = getattr(tool_settings, field, None)
+        if value:
+            _withheld[field.upper()] = str(value)
+            server_secrets.keep(field.upper(), str(value))
+            setattr(tool_settings, field, None)
+            names.append(field.upper())
+    return names
+
+
 def withheld() -> dict[str, str]:
     """What was taken from Letta's settings (for redaction; never print it)."""
     return dict(_withheld)

@@ -90,6 +90,11 @@ class KettaSettings(BaseSettings):
         description="With no key stored, use {PROVIDER_NAME}_API_KEY from the environment, only at its own endpoint (the type's "
         "default or {PROVIDER_NAME}_API_BASE). Opens the operator's env keys to every organization's keyless provider of that name.",
     )
+    share_search_keys: bool = Field(
+        default=False,
+        description="Letta's built-in web_search/fetch_webpage tools may use the operator's EXA_API_KEY/TAVILY_API_KEY for every "
+        "user's agents (off: withheld from Letta; an agent's own EXA_API_KEY tool variable still works).",
+    )
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")

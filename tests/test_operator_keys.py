@@ -27,7 +27,7 @@ OPERATOR_KEYS = {
     name: f"opkey-{name.lower().replace('_', '-')}-5c1d"
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "DEEPSEEK_API_KEY", "GROQ_API_KEY", "XAI_API_KEY",
                  "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "BASETEN_API_KEY", "ZAI_API_KEY", "MINIMAX_API_KEY", "GEMINI_API_KEY",
-                 "OPENROUTER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                 "OPENROUTER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "EXA_API_KEY", "TAVILY_API_KEY")
 }
 # Every model_endpoint_type whose Letta client reads an env key (fireworks: Letta 0.16.8 cannot store
 # an agent of that type, 400 from its AgentState validation, so its client is unreachable; google_ai
@@ -202,6 +202,24 @@ def test_agent_configs_without_a_provider_never_get_an_env_key(keyed_server, att
     assert operator_endpoint.leaked() == [], "a user's agent spent the operator's AZURE_API_KEY at its own endpoint"
 
 
+def test_web_search_never_spends_the_operator_s_exa_key(keyed_server):
+    """An agent's LLM (here a provider the user runs) calls Letta's built-in web_search: with
+    KETTA_SHARE_SEARCH_KEYS off (the default) the operator's EXA_API_KEY is not Letta's to use."""
+    from mock_openai import MockOpenAI
+
+    name = unique("searcher")
+    with keyed_server.client() as api, MockOpenAI(force_tool="web_search", reply="anything") as llm:
+        created = api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "sk-own", "base_url": llm.base_url})
+        assert created.status_code == 200, created.text
+        agent = api.post("/v1/agents/", json={"name": name, "model": f"{name}/mock-chat-1", "embedding": f"{name}/text-embedding-3-small",
+                                               "include_base_tools": False, "tools": ["web_search"]})
+        assert agent.status_code == 200, agent.text
+        sent = api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "search"}]})
+        assert sent.status_code == 200, sent.text
+        returns = [m for m in sent.json()["messages"] if m.get("message_type") == "tool_return_message"]
+        assert returns and "EXA_API_KEY is not set" in returns[0]["tool_return"], returns
+
+
 def test_the_operator_keys_are_withheld_from_letta_s_settings(keyed_server):
     """Every key this module sets is a field :func:`credential_fields` finds in the installed Letta
     (so a field an upgrade adds, matching the pattern, is withheld too)."""
@@ -209,7 +227,9 @@ def test_the_operator_keys_are_withheld_from_letta_s_settings(keyed_server):
 
     from ketta.operator_keys import credential_fields
 
-    fields = set(credential_fields(ModelSettings()))
+    from ketta.operator_keys import SEARCH_TOOL_FIELDS
+
+    fields = set(credential_fields(ModelSettings())) | set(SEARCH_TOOL_FIELDS)
     assert {name.lower() for name in OPERATOR_KEYS} <= fields, fields
 
 

@@ -960,6 +960,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_operator_keys.py::test_agent_configs_without_a_provider_never_get_an_env_key",),
         "An SDK client built without a key sends the placeholder, never reads OPENAI_API_KEY/ANTHROPIC_API_KEY itself.",
     ),
+    Mutation(
+        "fetch-webpage-unguarded",
+        "ketta/letta_modifications/services/tool_executor/builtin_tool_executor.py",
+        "        setting=\"url_guard\",",
+        "        setting=\"insecure_no_login\",",
+        ("tests/test_builtin_tools.py::test_a_user_s_llm_cannot_make_the_server_fetch_an_internal_page",),
+        "The built-in fetch_webpage tool (URL chosen by the user's LLM) never fetches an internal address, directly or via a redirect.",
+    ),
+    Mutation(
+        "search-keys-shared",
+        "ketta/app.py",
+        "    names = [] if app_module_settings.share_search_keys else withhold_search_keys()",
+        "    names = []",
+        ("tests/test_operator_keys.py::test_web_search_never_spends_the_operator_s_exa_key",),
+        "web_search does not spend the operator's EXA_API_KEY unless KETTA_SHARE_SEARCH_KEYS is on.",
+    ),
 )
 
 

@@ -53,6 +53,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.file_processor.embedder.openai_embedder",
     "ketta.letta_modifications.agents.helpers",
     "ketta.letta_modifications.helpers.message_helper",
+    "ketta.letta_modifications.services.tool_executor.builtin_tool_executor",
     "ketta.letta_modifications.services.tool_sandbox.local_sandbox",
     "ketta.letta_modifications.schemas.providers.ollama",
     "ketta.letta_modifications.schemas.providers.azure",
