@@ -220,7 +220,7 @@ def test_web_search_never_spends_the_operator_s_exa_key(keyed_server):
         assert returns and "EXA_API_KEY is not set" in returns[0]["tool_return"], returns
 
 
-def test_the_operator_keys_are_withheld_from_letta_s_settings(keyed_server):
+def test_the_operator_keys_are_withheld_from_letta_s_settings():
     """Every key this module sets is a field :func:`credential_fields` finds in the installed Letta
     (so a field an upgrade adds, matching the pattern, is withheld too)."""
     from letta.settings import ModelSettings
