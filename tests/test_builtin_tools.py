@@ -90,6 +90,8 @@ def user_b(shared_server: KettaProcess) -> Iterator[httpx.Client]:
         user = admin.post("/v1/admin/users/", json={"name": "tools-b", "organization_id": org["id"]}).json()
         token = admin.post("/v1/ketta/tokens/", json={"user_id": user["id"]}).json()["token"]
     with httpx.Client(base_url=shared_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=180) as client:
+        added = client.post("/v1/tools/add-base-tools")  # Letta's own tools, no user code: a user token may add them
+        assert added.status_code == 200, added.text
         yield client
 
 

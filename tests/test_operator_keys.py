@@ -271,3 +271,32 @@ def test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint(monkeyp
     assert resolve("sk-stored", "https://user.example.com/openai/v1", None)[0] == "sk-stored"
     monkeypatch.setattr("ketta.settings.get_settings", lambda: KettaSettings(env_key_fallback=False))
     assert resolve(None, "https://operator.openai.azure.com/openai/v1", None)[0] == "ketta-no-key"
+
+
+@pytest.fixture()
+def azure_patches() -> Iterator[None]:
+    """The Azure patches applied in this process for one test (reverted after, unless they were)."""
+    from ketta import patching
+    from ketta.letta_modifications.llm_api import azure_client
+
+    applied = [p for p in azure_client.PATCHES if patching.apply(p)]
+    yield
+    for patch in applied:
+        patching.revert(patch)
+
+
+def test_azure_never_takes_the_key_from_the_environment(azure_patches, monkeypatch):
+    """KETTA_SECRETS_OUT_OF_ENVIRONMENT=false keeps AZURE_API_KEY in os.environ, where Letta's
+    _resolve_credentials looks after model_settings: a keyless call still gets the placeholder,
+    at a user's endpoint and (fallback off) at the operator's own."""
+    from letta.llm_api.azure_client import AzureClient
+    from letta.settings import model_settings
+
+    monkeypatch.setenv("AZURE_API_KEY", "opkey-azure-in-environ")
+    monkeypatch.setattr(model_settings, "azure_api_key", None)
+    monkeypatch.setattr(model_settings, "azure_base_url", "https://operator.openai.azure.com/openai/v1")
+    client = AzureClient()
+    for endpoint in ("https://user.example.com/openai/v1", None):
+        key, base_url, _ = client._resolve_credentials(None, endpoint, None)
+        assert key == "ketta-no-key", (endpoint, base_url)
+    assert client._resolve_credentials("sk-stored", "https://user.example.com/openai/v1", None)[0] == "sk-stored"

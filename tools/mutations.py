@@ -925,7 +925,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/letta_modifications/llm_api/azure_client.py",
         "    return key, base_url, api_version",
         "    return patching.original(TARGET)(self, api_key, base_url, api_version)",
-        ("tests/test_operator_keys.py::test_a_keyless_azure_provider_never_gets_azure_api_key",),
+        ("tests/test_operator_keys.py::test_a_keyless_azure_provider_never_gets_azure_api_key",
+         "tests/test_operator_keys.py::test_azure_never_takes_the_key_from_the_environment"),
         "A keyless azure provider never gets the operator's AZURE_API_KEY (Letta's _resolve_credentials fallback).",
     ),
     Mutation(
