@@ -1,6 +1,7 @@
 """Settings gate the patches; env vars configure nothing at start-up; keys stay secret.
 
-Each test here starts its own server (it needs its own environment).
+The two tests about default settings share one server (a module fixture); the others start
+servers of their own (each needs its own environment).
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Iterator
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
-from conftest import clean_env
+from conftest import KettaProcess, RecordingProxy, clean_env, own_database
 from ketta.database import sync_url
 from mock_openai import MockOpenAI
 
@@ -28,44 +32,63 @@ def rows(db_uri: str, query: str, **params) -> list[dict]:
         engine.dispose()
 
 
-def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(start_ketta, database_uri, tmp_path):
-    with MockOpenAI(api_key=SECRET) as llm:
-        home = tmp_path / "home"
-        env = {"LETTA_PG_URI": database_uri, "KETTA_HOME": str(home), "OPENAI_API_KEY": SECRET, "OPENAI_API_BASE": llm.base_url}
-        server = start_ketta(env=env)
-        api = server.client()
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[SimpleNamespace]:
+    """One server on default settings for the two tests about them, with an OpenAI key in its env
+    (whose mock must see no call) and HTTP(S) through a proxy that records what would leave the machine."""
+    proxy = RecordingProxy()
+    home = tmp_path_factory.mktemp("default-home")
+    try:
+        with MockOpenAI(api_key=SECRET) as llm, own_database(pg_uri, "defaults") as db_uri:
+            env = {"LETTA_PG_URI": db_uri, "KETTA_HOME": str(home / "home"), "OPENAI_API_KEY": SECRET,
+                   "OPENAI_API_BASE": llm.base_url, "KETTA_LOG_LEVEL": "info", **proxy.env()}
+            server = KettaProcess(clean_env(**env), home / "server.log")
+            try:
+                server.wait_healthy()
+                yield SimpleNamespace(server=server, llm=llm, proxy=proxy, env=env, db_uri=db_uri, home=home / "home")
+            finally:
+                server.stop()
+    finally:
+        proxy.close()
 
-        # No base providers: nothing synced from OPENAI_API_KEY, no call to its API.
-        assert rows(database_uri, "SELECT name FROM providers") == []
-        assert api.get("/v1/providers/").json() == []
-        assert llm.requests == []
 
-        # Encryption at rest by default: a key made once under KETTA_HOME, mode 0600.
-        key_file = home / "encryption_key"
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(default_server: SimpleNamespace) -> None:
+    server, llm, home, database_uri, env = (default_server.server, default_server.llm, default_server.home,
+                                            default_server.db_uri, default_server.env)
+    api = server.client()
 
-        created = api.post("/v1/providers/", json={"name": "mine", "provider_type": "openai", "api_key": SECRET, "base_url": llm.base_url})
-        assert created.status_code == 200 and SECRET not in created.text
-        [row] = rows(database_uri, "SELECT api_key_enc, api_key FROM providers WHERE name = 'mine'")
-        assert row["api_key_enc"] and SECRET not in row["api_key_enc"] and not row["api_key"]
-        agent = api.post("/v1/agents/", json={"model": "mine/mock-chat-1", "embedding": "mine/text-embedding-3-small"}).json()
-        assert api.post(f"/v1/agents/{agent['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
-        assert llm.chat_requests()[-1].api_key == SECRET
-        for path in ("/v1/providers/", f"/v1/providers/{created.json()['id']}"):
-            assert SECRET not in api.get(path).text
-        server.stop()
-        assert SECRET not in server.log_text()
+    # No base providers: nothing synced from OPENAI_API_KEY, no call to its API (the module's other
+    # test may have made the provider 'offline' by then).
+    assert rows(database_uri, "SELECT name FROM providers WHERE name <> 'offline'") == []
+    assert [p["name"] for p in api.get("/v1/providers/").json() if p["name"] != "offline"] == []
+    assert llm.requests == []
 
-        # `ketta providers import-env` creates the env providers once, idempotently.
-        cli_env = clean_env(**env)
-        first = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
-        assert first.returncode == 0, first.stderr[-2000:]
-        assert "openai: created" in first.stdout
-        second = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
-        assert "openai: exists, left as is" in second.stdout
-        imported = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
-        assert imported == [{"organization_id": "org-00000000-0000-4000-8000-000000000000", "provider_category": "byok"}]
-        assert SECRET not in first.stdout + first.stderr
+    # Encryption at rest by default: a key made once under KETTA_HOME, mode 0600.
+    key_file = home / "encryption_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    created = api.post("/v1/providers/", json={"name": "mine", "provider_type": "openai", "api_key": SECRET, "base_url": llm.base_url})
+    assert created.status_code == 200 and SECRET not in created.text
+    [row] = rows(database_uri, "SELECT api_key_enc, api_key FROM providers WHERE name = 'mine'")
+    assert row["api_key_enc"] and SECRET not in row["api_key_enc"] and not row["api_key"]
+    agent = api.post("/v1/agents/", json={"model": "mine/mock-chat-1", "embedding": "mine/text-embedding-3-small"}).json()
+    assert api.post(f"/v1/agents/{agent['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert llm.chat_requests()[-1].api_key == SECRET
+    for path in ("/v1/providers/", f"/v1/providers/{created.json()['id']}"):
+        assert SECRET not in api.get(path).text
+    assert SECRET not in server.log_text()
+
+    # `ketta providers import-env` creates the env providers once, idempotently (beside the server).
+    cli_env = clean_env(**env)
+    first = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "openai: created" in first.stdout
+    second = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert "openai: exists, left as is" in second.stdout
+    imported = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
+    assert imported == [{"organization_id": "org-00000000-0000-4000-8000-000000000000", "provider_category": "byok"}]
+    assert SECRET not in first.stdout + first.stderr
+    assert SECRET not in server.log_text()
 
 
 def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
@@ -95,9 +118,9 @@ def test_settings_off_behave_as_stock_letta(start_ketta, database_uri):
         assert rows(database_uri, "SELECT is_deleted FROM providers WHERE name = 'CC Test'") == [{"is_deleted": True}]
 
 
-def test_default_start_downloads_nothing(start_ketta, database_uri, recording_proxy):
+def test_default_start_downloads_nothing(default_server: SimpleNamespace) -> None:
     """KETTA_OFFLINE defaults on: stock Letta's NLTK download at start is never attempted."""
-    server = start_ketta(env={"LETTA_PG_URI": database_uri, "KETTA_LOG_LEVEL": "info", **recording_proxy.env()})
+    server = default_server.server
     api = server.client()
     with MockOpenAI() as llm:  # a message too: onnxruntime's telemetry went out seconds after start
         assert api.post("/v1/providers/", json={"name": "offline", "provider_type": "openai", "api_key": "sk-x",
@@ -106,7 +129,7 @@ def test_default_start_downloads_nothing(start_ketta, database_uri, recording_pr
                                                "embedding": "offline/text-embedding-3-small", "include_base_tools": False})
         assert api.post(f"/v1/agents/{agent.json()['id']}/messages",
                         json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
-    assert recording_proxy.requests == [], "nothing may leave the machine"
+    assert default_server.proxy.requests == [], "nothing may leave the machine"
     assert "skipped NLTK download of 'punkt_tab'" in server.log_text()
 
 
