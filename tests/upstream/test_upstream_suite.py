@@ -40,41 +40,59 @@ def test_letta_tests_pass_under_ketta_except_the_declared_differences(pg_uri: st
     assert "every outcome as declared in expected.toml" in done.stdout
 
 
-def scratch_ketta(tmp_path: Path, module: str, edit: str) -> Path:
-    """A copy of the ketta package whose patch module ``module`` gets ``edit`` appended; returns its root."""
+def scratch_ketta(tmp_path: Path, edits: dict[str, str]) -> Path:
+    """A copy of the ketta package in which each patch module named in ``edits`` gets its edit
+    appended; returns its root."""
     root = tmp_path / "scratch"
     shutil.copytree(REPO / "ketta", root / "ketta", ignore=shutil.ignore_patterns("__pycache__"))
-    path = root / (module.replace(".", "/") + ".py")
-    path.write_text(path.read_text() + "\n\n# --- deliberately changed by tests/upstream/test_upstream_suite.py ---\n" + edit)
+    for module, edit in edits.items():
+        path = root / (module.replace(".", "/") + ".py")
+        path.write_text(path.read_text() + "\n\n# --- deliberately changed by tests/upstream/test_upstream_suite.py ---\n" + edit)
     return root
 
 
-def test_a_broken_patch_fails_the_run_naming_the_upstream_test(pg_uri: str, tmp_path: Path) -> None:
+# One runner run (one Letta pytest process, one migrated database) for both broken-suite checks:
+# each mistake is in a different patch module and each named test reaches only its own.
+BROKEN_TARGET = "letta.schemas.providers.openai:OpenAIProvider.get_handle"
+BROKEN_TEST = "tests/test_providers.py::test_provider_handle_generation"
+DROPPED_TARGET = "letta.services.provider_manager:ProviderManager.update_provider_async"
+DROPPED_TEST = "tests/managers/test_provider_manager.py::test_provider_update_encrypts_new_api_key"
+
+
+@pytest.fixture(scope="module")
+def broken_and_dropped_run(pg_uri: str, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """The runner on a ketta copy with one patch's replacement raising and another patch removed."""
+    tmp_path = tmp_path_factory.mktemp("broken-and-dropped")
+    root = scratch_ketta(tmp_path, {
+        "ketta.letta_modifications.schemas.providers.openai": (
+            "import dataclasses as _dc\n\n"
+            "def _broken(*args, **kwargs):\n"
+            "    raise RuntimeError('patch deliberately broken')\n\n"
+            f"PATCHES = [_dc.replace(p, replacement=_broken) if p.target == {BROKEN_TARGET!r} else p for p in PATCHES]\n"
+        ),
+        "ketta.letta_modifications.services.provider_manager": f"PATCHES = [p for p in PATCHES if p.target != {DROPPED_TARGET!r}]\n",
+    })
+    files = [BROKEN_TEST.removeprefix("tests/"), DROPPED_TEST.removeprefix("tests/")]
+    return run_runner(["--files", *files], pg_uri, tmp_path, pythonpath=root)
+
+
+@pytest.mark.slow
+def test_a_broken_patch_fails_the_run_naming_the_upstream_test(broken_and_dropped_run: subprocess.CompletedProcess) -> None:
     """A patch whose replacement breaks makes the Letta test that reaches it fail, and the runner says which."""
-    target = "letta.schemas.providers.openai:OpenAIProvider.get_handle"
-    nodeid = "tests/test_providers.py::test_provider_handle_generation"
-    assert nodeid in letta_modifications.upstream_tests()[target]  # the record says this test reaches it
-    root = scratch_ketta(tmp_path, "ketta.letta_modifications.schemas.providers.openai", (
-        "import dataclasses as _dc\n\n"
-        "def _broken(*args, **kwargs):\n"
-        "    raise RuntimeError('patch deliberately broken')\n\n"
-        f"PATCHES = [_dc.replace(p, replacement=_broken) if p.target == {target!r} else p for p in PATCHES]\n"
-    ))
-    done = run_runner(["--files", nodeid.removeprefix("tests/")], pg_uri, tmp_path, pythonpath=root)
+    assert BROKEN_TEST in letta_modifications.upstream_tests()[BROKEN_TARGET]  # the record says this test reaches it
+    done = broken_and_dropped_run
     assert done.returncode == 1, done.stdout + done.stderr
-    assert re.search(rf"UNEXPECTED FAILURE {re.escape(nodeid)}\b.*patch deliberately broken", done.stdout), done.stdout
+    assert re.search(rf"UNEXPECTED FAILURE {re.escape(BROKEN_TEST)}\b.*patch deliberately broken", done.stdout), done.stdout
 
 
-def test_a_dropped_patch_fails_the_run_naming_the_declared_test_that_now_passes(pg_uri: str, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_dropped_patch_fails_the_run_naming_the_declared_test_that_now_passes(broken_and_dropped_run: subprocess.CompletedProcess) -> None:
     """Without the patch behind a declared difference, the Letta test passes again: the list is no longer true."""
-    target = "letta.services.provider_manager:ProviderManager.update_provider_async"
-    nodeid = "tests/managers/test_provider_manager.py::test_provider_update_encrypts_new_api_key"
-    assert run.Expected.load().differs[nodeid].startswith(target)
-    root = scratch_ketta(tmp_path, "ketta.letta_modifications.services.provider_manager",
-                         f"PATCHES = [p for p in PATCHES if p.target != {target!r}]\n")
-    done = run_runner(["--files", nodeid.removeprefix("tests/")], pg_uri, tmp_path, pythonpath=root)
+    assert run.Expected.load().differs[DROPPED_TEST].startswith(DROPPED_TARGET)
+    done = broken_and_dropped_run
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"NOW PASSES {nodeid}" in done.stdout, done.stdout
+    assert f"NOW PASSES {DROPPED_TEST}" in done.stdout, done.stdout
+    assert "UNEXPECTED FAILURE" not in done.stdout.replace(f"UNEXPECTED FAILURE {BROKEN_TEST}", ""), done.stdout
 
 
 # ------------------------------------------------------------------------------------------------
