@@ -46,7 +46,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from ketta.database import free_port, with_database  # noqa: E402
+from ketta.db.database import free_port, with_database  # noqa: E402
 from mock_openai import MockOpenAI  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -306,8 +306,8 @@ def measure_concurrency(server: ServerProcess, figures: ServerFigures, llm: Mock
 
 def prepare_databases(work: Path) -> tuple[Any, dict[str, str]]:
     """An embedded PostgreSQL with two databases at Ketta's baseline schema; returns (server, uris)."""
-    from ketta import migrations
-    from ketta.database import EmbeddedPostgres, sync_url
+    from ketta.db import migrations
+    from ketta.db.database import EmbeddedPostgres, sync_url
     import sqlalchemy as sa
 
     postgres = EmbeddedPostgres(home=work / "pg")

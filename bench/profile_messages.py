@@ -29,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench  # noqa: E402  (same directory: server_env, ServerProcess, providers, agents)
-from ketta.database import EmbeddedPostgres, free_port  # noqa: E402
+from ketta.db.database import EmbeddedPostgres, free_port  # noqa: E402
 from mock_openai import MockOpenAI  # noqa: E402
 
 # Known costs, by a frame that appears in their stacks (substring of "function (file)").

@@ -5,7 +5,7 @@
 
 It migrates an empty database to Ketta's head, stores N provider keys the way Letta writes
 them (AES-GCM, one PBKDF2 salt per value, so each value costs a key derivation to decrypt),
-then times two rotations with ``ketta.keyring.rotate``:
+then times two rotations with ``ketta.security.keyring.rotate``:
 
 1. A -> B over the Letta-written values (the first rotation of a database);
 2. B -> C over the values the first rotation wrote (one salt per rotation: one derivation).
@@ -30,8 +30,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ketta import keyring, migrations  # noqa: E402
-from ketta.database import EmbeddedPostgres, sync_url, with_database  # noqa: E402
+from ketta.security import keyring  # noqa: E402
+from ketta.db import migrations
+from ketta.db.database import EmbeddedPostgres, sync_url, with_database  # noqa: E402
 
 ORG = "org-bench-rotation"
 

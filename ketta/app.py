@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from ketta.settings import KettaSettings, get_settings
+from ketta.core.settings import KettaSettings, get_settings
 
 log = logging.getLogger("ketta")
 
@@ -42,8 +42,11 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     KETTA_HOME (commands run beside the server) instead of refusing.
     """
     global prepared, _server_token
-    from ketta import auth, cors, database, home, keyring, letta_modifications, logging_setup, migrations, offline, secrets
-    from ketta.settings import load_environment
+    from ketta import letta_modifications
+    from ketta.security import auth, cors, keyring, encryption_key
+    from ketta.db import database, migrations
+    from ketta.core import home, logging_setup, offline
+    from ketta.core.settings import load_environment
 
     load_environment()
     settings = settings or get_settings()
@@ -59,7 +62,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
         log.warning("Login is OFF (KETTA_INSECURE_NO_LOGIN): anyone who can reach this server can use every stored key")
     auth.neutralise_letta_secure_mode()
     uri = database.ensure_database(settings.home_dir, attach=attach)
-    keys = secrets.ensure_encryption_key(settings)
+    keys = encryption_key.ensure_encryption_key(settings)
     home.secure_files(settings)
     migrations.upgrade(uri)
     if settings.encryption_keyring:
@@ -88,7 +91,7 @@ def _stopping_embedded_database(lifespan: Callable) -> Callable:
 
     @asynccontextmanager
     async def lifespan_then_stop(app: FastAPI) -> AsyncIterator[Any]:
-        from ketta import database
+        from ketta.db import database
 
         letta_lifespan = lifespan(app)
         state = await letta_lifespan.__aenter__()
@@ -114,7 +117,7 @@ def _import_letta_app(server_token: str | None) -> FastAPI:
     set_here = server_token is not None and not before
     if set_here:
         os.environ["LETTA_SERVER_PASSWORD"] = server_token
-    from ketta import home
+    from ketta.core import home
 
     sys.argv.append(_NO_OPENAPI_AT_IMPORT)
     try:
@@ -138,7 +141,7 @@ _NO_OPENAPI_AT_IMPORT = "--no-generation"
 
 async def _close_pools() -> None:
     """Close the shared LLM HTTP clients and this process's database pool."""
-    from ketta import llm_http
+    from ketta.llm import http as llm_http
 
     await llm_http.aclose_all()
     try:
@@ -152,7 +155,7 @@ async def _close_pools() -> None:
 def _secrets_out_of_environment(app_module_settings: KettaSettings) -> None:
     """Letta has read its settings: hand the secrets to its settings objects and take them out of
     ``os.environ``, so no tool process (nor anything else this server starts) inherits them."""
-    from ketta import server_secrets
+    from ketta.security import server_secrets
 
     if not app_module_settings.secrets_out_of_environment:
         return
@@ -171,7 +174,7 @@ def _secrets_out_of_environment(app_module_settings: KettaSettings) -> None:
 def _operator_keys_out_of_letta(app_module_settings: KettaSettings) -> None:
     """Letta's clients fall back to the env keys it read into ``model_settings`` for any call
     without a key of its own: empty them (kept in Ketta's memory for its own fallback)."""
-    from ketta.operator_keys import withhold_from_letta, withhold_search_keys
+    from ketta.security.operator_keys import withhold_from_letta, withhold_search_keys
 
     names = [] if app_module_settings.share_search_keys else withhold_search_keys()
     if not app_module_settings.unified_providers:
@@ -185,34 +188,34 @@ def create_app() -> FastAPI:
     global _app
     if _app is None:
         prepare()
-        from ketta import logging_setup
+        from ketta.core import logging_setup
 
         logging_setup.configure(get_settings().log_level, quiet_stdout=True, log_format=get_settings().log_format)
         app = _import_letta_app(_server_token)
-        from ketta import patching
+        from ketta.core import patching
 
         patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
-        from ketta import console
+        from ketta.core import console
 
         console.register_app(app)  # which logged exceptions are client errors (one console line each)
-        from ketta.closed_routes import drop_letta_proxy_routes
+        from ketta.api.closed_routes import drop_letta_proxy_routes
 
         drop_letta_proxy_routes(app)  # they forward the caller's token and the operator's env key upstream
 
-        from ketta import auth, cors, user_tokens
-        from ketta.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
+        from ketta.security import auth, cors, user_tokens
+        from ketta.security.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
 
         app.add_middleware(ProviderSecretsFilter)
         if get_settings().unified_providers:
-            from ketta import model_listing
+            from ketta.providers import model_listing
 
             model_listing.install(app)  # GET /v1/models/ lists embedding models too (Klui's pickers)
         if get_settings().provider_health:
-            from ketta.provider_health_api import router as health_router
+            from ketta.api.provider_health import router as health_router
 
             app.include_router(health_router)
             if get_settings().provider_pools:
-                from ketta.provider_pools_api import router as pools_router
+                from ketta.api.pools import router as pools_router
 
                 app.include_router(pools_router)
         install_response_scrubbing(app)
@@ -222,13 +225,13 @@ def create_app() -> FastAPI:
         _operator_keys_out_of_letta(app_module_settings=get_settings())
         if _server_token is not None:
             if get_settings().web_app_dir:
-                from ketta import web_login
+                from ketta.api import web_login
 
                 web_login.install(app, _server_token, get_settings().web_app_dir, user_tokens.resolve,
                                   int(get_settings().web_session_hours * 3600))
             auth.install(app, _server_token, user_tokens.resolve)
         if get_settings().cancel_on_disconnect:
-            from ketta.disconnect import CancelOnDisconnect
+            from ketta.api.disconnect import CancelOnDisconnect
 
             app.add_middleware(CancelOnDisconnect)
         app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)

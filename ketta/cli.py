@@ -12,10 +12,10 @@ import typer
 from pathlib import Path
 
 from ketta import LETTA_VERSION, __version__
-from ketta.settings import get_settings
+from ketta.core.settings import get_settings
 
 if TYPE_CHECKING:
-    from ketta.patching import Patch
+    from ketta.core.patching import Patch
 
 app = typer.Typer(
     help="Ketta: a drop-in Letta server where every LLM provider is a database row.",
@@ -57,8 +57,8 @@ def _version_callback(value: bool) -> None:
 def main_callback(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print Ketta's and Letta's versions."),
 ) -> None:
-    from ketta import logging_setup
-    from ketta.settings import SettingsError, load_environment
+    from ketta.core import logging_setup
+    from ketta.core.settings import SettingsError, load_environment
 
     try:
         load_environment()  # .env of the working directory, for Letta's settings too; process env wins
@@ -84,7 +84,7 @@ def server(
 ) -> None:
     """Start the Letta-compatible REST API (/v1, /openapi.json) with Ketta's patches."""
     global _starting
-    from ketta import console, logging_setup
+    from ketta.core import console, logging_setup
 
     if log_format is not None:
         try:
@@ -101,9 +101,10 @@ def server(
                 "(10-30 s; Ctrl-C stops)", kind)
     import uvicorn
 
-    from ketta import app as app_module
-    from ketta import auth, cors, database, migrations, startup
-    from ketta.keyring import KeyringError
+    from ketta import app as app_module, startup
+    from ketta.security import auth, cors
+    from ketta.db import database, migrations
+    from ketta.security.keyring import KeyringError
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (the embedded PostgreSQL is stopped
@@ -168,7 +169,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     import logging
     import os
 
-    from ketta import console, database
+    from ketta.core import console
+    from ketta.db import database
 
     if _starting is not None:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -183,7 +185,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def _database_uri(attach: bool = False) -> str:
     """The server's database: with ``attach``, only the running server's (or LETTA_PG_URI's);
     else also the embedded one of a stopped server, started for this command. Never initdb."""
-    from ketta import database, home
+    from ketta.db import database
+    from ketta.core import home
 
     try:
         uri = database.ensure_database(get_settings().home_dir, attach=attach, create=False)
@@ -198,7 +201,7 @@ def _database_uri(attach: bool = False) -> str:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply Ketta's migrations (adopting a database made by Letta's own migrations)."""
-    from ketta import database, migrations
+    from ketta.db import database, migrations
 
     try:
         uri = _database_uri()
@@ -213,7 +216,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Print Ketta's current revision (or 'none'); works beside a running server."""
-    from ketta import database, migrations
+    from ketta.db import database, migrations
 
     try:
         typer.echo(migrations.current(_database_uri(attach=True)) or "none")
@@ -224,7 +227,7 @@ def db_current() -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. -1 or base.")) -> None:
     """Revert Ketta's migrations down to REVISION."""
-    from ketta import database, migrations
+    from ketta.db import database, migrations
 
     try:
         uri = _database_uri()
@@ -308,7 +311,7 @@ def patches_verify() -> None:
     """Exit non-zero naming every patch whose target is missing or whose upstream source changed."""
     from ketta import letta_modifications
 
-    from ketta.settings import KettaSettings
+    from ketta.core.settings import KettaSettings
 
     # From source text (as `ketta patches`): Letta is imported only for what text cannot settle.
     rows = letta_modifications.status_from_source(KettaSettings(allow_patch_drift=True))
@@ -325,7 +328,7 @@ def patches_verify() -> None:
 @patches_app.command("fingerprint")
 def patches_fingerprint(target: str = typer.Argument(..., help="module:Class.attr")) -> None:
     """Print the fingerprint of an upstream target, for writing or re-basing a patch."""
-    from ketta import patching
+    from ketta.core import patching
 
     probe = patching.Patch(target=target, replacement=None, fingerprint="", setting="", why="")
     typer.echo(patching.current_fingerprint(probe))
@@ -338,15 +341,15 @@ def providers_import_env() -> None:
     Works beside a running server (through its database)."""
     import asyncio
 
-    from ketta import import_env
+    from ketta.providers import import_env
 
     if not import_env.anything_configured():
         typer.echo("no provider configured in the environment")  # said without importing Letta
         return
-    from ketta import database, migrations
+    from ketta.db import database, migrations
     from ketta.app import prepare
-    from ketta.import_env import import_env_providers
-    from ketta.keyring import KeyringError
+    from ketta.providers.import_env import import_env_providers
+    from ketta.security.keyring import KeyringError
 
     try:
         prepare(get_settings(), attach=True)
@@ -364,7 +367,7 @@ def providers_import_env() -> None:
 
 
 def _keyring() -> "keyring.Keyring":
-    from ketta import keyring
+    from ketta.security import keyring
 
     try:
         return keyring.load_keyring(get_settings(), create=False)
@@ -378,7 +381,8 @@ def keys_check() -> None:
     """Decrypt every stored secret with the configured keys; count what each key reads.
 
     Exits non-zero when the server would refuse to start or some value no key can decrypt."""
-    from ketta import database, keyring
+    from ketta.db import database
+    from ketta.security import keyring
 
     keys = _keyring()
     try:
@@ -414,7 +418,8 @@ def keys_rotate(
     skip_undecryptable: bool = typer.Option(False, "--skip-undecryptable", help="Leave values no key can decrypt as they are (listed) instead of aborting."),
 ) -> None:
     """Re-encrypt every stored secret under a new key, in one transaction; the old key is kept."""
-    from ketta import database, keyring
+    from ketta.db import database
+    from ketta.security import keyring
 
     keys = _keyring()
     try:
@@ -459,7 +464,7 @@ def _read_text(path: str) -> str:
 @keys_app.command("generate")
 def keys_generate() -> None:
     """Print a new random key (for --new-key or LETTA_ENCRYPTION_KEY); changes nothing."""
-    from ketta import keyring
+    from ketta.security import keyring
 
     typer.echo(keyring.generate_key())
 
@@ -469,7 +474,7 @@ def keys_export(file: Optional[str] = typer.Argument(None, help="Write to FILE (
     """Write the keys (current and previous) as env-file lines, for a backup or another machine."""
     import os
 
-    from ketta import keyring
+    from ketta.security import keyring
 
     text = keyring.export_text(_keyring())
     if file is None:
@@ -487,7 +492,7 @@ def keys_import(
     force: bool = typer.Option(False, "--force", help="Replace a different existing KETTA_HOME/encryption_key (kept as .old)."),
 ) -> None:
     """Install exported keys in KETTA_HOME (encryption_key, previous ones as .old files)."""
-    from ketta import keyring
+    from ketta.security import keyring
 
     try:
         current, previous = keyring.parse_export(_read_text(file))
@@ -505,7 +510,7 @@ def token_show(ctx: typer.Context) -> None:
     """Print the server token (LETTA_SERVER_PASSWORD, else KETTA_HOME/server_token, made if missing)."""
     if ctx.invoked_subcommand:
         return
-    from ketta import auth
+    from ketta.security import auth
 
     settings = get_settings()
     try:
@@ -513,7 +518,7 @@ def token_show(ctx: typer.Context) -> None:
     except auth.AuthConfigError as exc:
         _fail(str(exc))
         return
-    from ketta.settings import read_from_files
+    from ketta.core.settings import read_from_files
 
     if "LETTA_SERVER_PASSWORD" in read_from_files:
         source = f"LETTA_SERVER_PASSWORD_FILE={read_from_files['LETTA_SERVER_PASSWORD']}"
@@ -534,7 +539,8 @@ def _token_line(row: "object") -> str:
 def _with_token_db(action: "Callable[[object], object]") -> object:
     import sqlalchemy as sa
 
-    from ketta import database, migrations, user_tokens
+    from ketta.db import database, migrations
+    from ketta.security import user_tokens
 
     try:
         uri = _database_uri(attach=True)
@@ -559,7 +565,7 @@ def token_create(
     name: Optional[str] = typer.Option(None, "--name", help="A label, e.g. the device or app using it."),
 ) -> None:
     """Make a token that acts as USER only; it is printed once (only its hash is stored)."""
-    from ketta import user_tokens
+    from ketta.security import user_tokens
 
     created = _with_token_db(lambda conn: user_tokens.create_sync(conn, user, name))
     typer.echo(f"{_token_line(created)}\nshown once; send it as 'Authorization: Bearer <token>':", err=True)
@@ -569,7 +575,7 @@ def token_create(
 @token_app.command("list")
 def token_list(user: Optional[str] = typer.Option(None, "--user", help="Only this user's tokens.")) -> None:
     """Every user token (ids, users, state; never the tokens)."""
-    from ketta import user_tokens
+    from ketta.security import user_tokens
 
     rows = _with_token_db(lambda conn: user_tokens.list_sync(conn, user))
     if not rows:
@@ -581,7 +587,7 @@ def token_list(user: Optional[str] = typer.Option(None, "--user", help="Only thi
 @token_app.command("revoke")
 def token_revoke(token_id: str = typer.Argument(..., help="The token's id (ktok-...), from `ketta token list`.")) -> None:
     """Revoke a user token: its next request answers 401."""
-    from ketta import user_tokens
+    from ketta.security import user_tokens
 
     row = _with_token_db(lambda conn: user_tokens.revoke_sync(conn, token_id))
     typer.echo(_token_line(row))

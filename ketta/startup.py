@@ -53,7 +53,7 @@ def login_enabled(settings: object) -> bool | None:
 def block(info: StartInfo) -> str:
     """The short start-up block (no password, no key)."""
     from ketta import LETTA_VERSION, __version__
-    from ketta.database import describe
+    from ketta.db.database import describe
 
     if info.embedded_home is not None:
         database = f"embedded PostgreSQL, data in {info.embedded_home / 'pgdata'}"

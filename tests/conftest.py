@@ -43,7 +43,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from ketta.database import EmbeddedPostgres, free_port, sync_url, with_database
+from ketta.db.database import EmbeddedPostgres, free_port, sync_url, with_database
 from mock_openai import MockOpenAI
 
 REPO = Path(__file__).resolve().parents[1]

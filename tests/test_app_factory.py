@@ -14,8 +14,8 @@ import httpx
 import sqlalchemy as sa
 
 from conftest import TEST_TOKEN, clean_env, free_port
-from ketta import migrations
-from ketta.database import sync_url
+from ketta.db import migrations
+from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
 
 

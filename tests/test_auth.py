@@ -1,4 +1,4 @@
-"""Login on by default (ketta/auth.py): every route but the health check needs the token."""
+"""Login on by default (ketta/security/auth.py): every route but the health check needs the token."""
 
 from __future__ import annotations
 

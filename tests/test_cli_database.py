@@ -84,7 +84,7 @@ def test_import_env_with_nothing_configured_answers_without_letta(tmp_path: Path
 
 
 def test_anything_configured_reads_the_names_letta_reads() -> None:
-    from ketta.import_env import anything_configured
+    from ketta.providers.import_env import anything_configured
 
     assert not anything_configured({"PATH": "/bin", "OPENAI_API_BASE": "http://x", "KETTA_HOME": "/tmp"})
     for name in ("OPENAI_API_KEY", "openai_api_key", "OLLAMA_BASE_URL", "AZURE_API_KEY", "AWS_ACCESS_KEY_ID", "MOONSHOT_API_KEY", "VLLM_API_BASE"):
@@ -123,7 +123,7 @@ def test_a_token_file_made_by_the_cli_is_private(tmp_path: Path) -> None:
 
 
 def test_the_lock_file_names_the_server_url_for_the_in_use_refusal() -> None:
-    from ketta.database import describe_holder
+    from ketta.db.database import describe_holder
 
     assert describe_holder("pid 42 port 5555 url http://localhost:8283\n") == "the Ketta server on http://localhost:8283 (pid 42)"
     assert "5555" not in describe_holder("pid 42 port 5555 url http://localhost:8283")

@@ -1,4 +1,4 @@
-"""Letta's Anthropic and Z.ai proxy routes are not served (ketta/closed_routes.py).
+"""Letta's Anthropic and Z.ai proxy routes are not served (ketta/api/closed_routes.py).
 
 They forward the caller's headers (Ketta's own token in X-BARE-PASSWORD) to a public host and fall
 back to the operator's ANTHROPIC_API_KEY. Tested in-process on an app that includes Letta's own
@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
-from ketta.closed_routes import drop_letta_proxy_routes
+from ketta.api.closed_routes import drop_letta_proxy_routes
 
 
 def _letta_like_app() -> FastAPI:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
-from ketta.settings import FILE_VARIABLES, KettaSettings
+from ketta.core.settings import FILE_VARIABLES, KettaSettings
 
 # Read by Letta outside its Settings classes (os.getenv), or by this image.
 OTHER_KNOWN = {"ACCEPTABLE_ORIGINS", "LETTA_SERVER_SECURE", "LETTA_SERVER_PASSWORD", "LETTA_DIR"}

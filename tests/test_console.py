@@ -19,7 +19,8 @@ from typing import Callable
 import pytest
 
 from conftest import KettaProcess, MockOpenAI, unique
-from ketta import console, redaction
+from ketta.core import console
+from ketta.security import redaction
 
 
 class HandleMissing(LookupError):

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import REPO, KettaProcess, clean_env, free_port
-from ketta.database import sync_url
+from ketta.db.database import sync_url
 
 PASSWORD = "pw-not-to-be-printed"
 
@@ -65,7 +65,7 @@ def test_malformed_uri_is_one_line(tmp_path: Path, uri: str, reason: str) -> Non
 
 
 def test_parts_are_built_into_letta_uri_with_any_character_in_user_and_password(monkeypatch) -> None:
-    from ketta.database import configured_uri
+    from ketta.db.database import configured_uri
 
     for name in ("LETTA_PG_URI",):
         monkeypatch.delenv(name, raising=False)

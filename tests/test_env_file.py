@@ -45,7 +45,7 @@ def test_an_invalid_value_names_the_variable_and_its_source(tmp_path: Path, env_
 
 
 def test_a_secret_setting_is_never_echoed() -> None:
-    from ketta import env_file
+    from ketta.core import env_file
     from pydantic import BaseModel, SecretStr, ValidationError
 
     class Probe(BaseModel):

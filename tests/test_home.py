@@ -1,4 +1,4 @@
-"""Nothing outside KETTA_HOME (ketta/home.py): Letta's files move in, secrets are 0600."""
+"""Nothing outside KETTA_HOME (ketta/core/home.py): Letta's files move in, secrets are 0600."""
 
 from __future__ import annotations
 

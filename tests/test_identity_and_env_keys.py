@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from conftest import KettaProcess, server_of_its_own, unique
-from ketta.database import free_port
+from ketta.db.database import free_port
 from mock_openai import MockOpenAI
 
 IDENTITY_FIELD = re.compile(r"^(user|user_id|users|user_ids|actor|actor_id|organization|organization_id|org|org_id)$")
 # What the walk finds in Letta 0.16.8 (plus Ketta's routes): a new one after an upgrade fails the
-# first test until it is looked at (and ketta.auth.IDENTITY_FIELDS covers it).
+# first test until it is looked at (and ketta.security.auth.IDENTITY_FIELDS covers it).
 EXPECTED_IDENTITY_FIELDS = {
     ("post", "/v1/chat/completions", "body", "user"),
     ("post", "/v1/agents/", "body", "actor_id"),

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 
-from ketta.key_binding import endpoint_for_call, is_under, normalise, provider_endpoint
+from ketta.providers.key_binding import endpoint_for_call, is_under, normalise, provider_endpoint
 from mock_openai import MockOpenAI
 
 KEY = "sk-bound-to-its-provider"

@@ -1,8 +1,8 @@
-"""ketta.keyring on a real PostgreSQL: the check value, ``keys check`` counts, rotation (all
+"""ketta.security.keyring on a real PostgreSQL: the check value, ``keys check`` counts, rotation (all
 encrypted columns, nothing lost, abort on an undecryptable row with nothing changed), key files.
 
 Rows are written here with SQL in Letta's ciphertext format (the end-to-end tests store them
-through a server over REST); that ``ketta.keyring`` and Letta's ``CryptoUtils`` read each
+through a server over REST); that ``ketta.security.keyring`` and Letta's ``CryptoUtils`` read each
 other's values is tested in tests/letta_modifications/helpers/test_crypto_utils.py.
 """
 
@@ -18,9 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import clean_env
-from ketta import keyring, migrations
-from ketta.database import sync_url
-from ketta.settings import KettaSettings
+from ketta.security import keyring
+from ketta.db import migrations
+from ketta.db.database import sync_url
+from ketta.core.settings import KettaSettings
 
 KEY_A = "key-A-" + "a" * 40
 KEY_B = "key-B-" + "b" * 40

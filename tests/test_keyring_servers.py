@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess, clean_env
-from ketta import keyring
-from ketta.database import sync_url
+from ketta.security import keyring
+from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
 
 KEY_A = "rotation-key-A-" + uuid.uuid4().hex

@@ -136,7 +136,7 @@ def test_3304_a_rate_limited_call_tells_the_caller_what_the_provider_said(server
 @pytest.fixture(params=["fixes_off", "fixes_on"])
 def embedder_fix(request: pytest.FixtureRequest) -> Iterator[str]:
     """The file embedder as stock Letta has it, or with the #3164 fix applied (in this process)."""
-    from ketta import patching
+    from ketta.core import patching
     from ketta.letta_modifications.services.file_processor.embedder import openai_embedder
 
     [patch] = openai_embedder.PATCHES

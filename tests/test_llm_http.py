@@ -1,4 +1,4 @@
-"""Bounded LLM calls and shutdowns (ketta/llm_http.py, ketta/disconnect.py, the shutdown grace),
+"""Bounded LLM calls and shutdowns (ketta/llm/http.py, ketta/api/disconnect.py, the shutdown grace),
 against an upstream that accepts a chat completion and never answers (tests/mock_openai.py, hang=True).
 """
 

@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from ketta import migrations
-from ketta.database import sync_url
+from ketta.db import migrations
+from ketta.db.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
 HEAD = "0008_provider_pools"
@@ -180,7 +180,7 @@ def test_unknown_target_revision_is_a_migration_error(database_uri: str) -> None
 
 UPGRADE_ON_GO = """
 import sys
-from ketta import migrations
+from ketta.db import migrations
 print("ready", flush=True)
 sys.stdin.readline()
 migrations.upgrade(sys.argv[1])

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import KettaProcess, server_of_its_own, unique
-from ketta.database import free_port
+from ketta.db.database import free_port
 
 # One operator key per env variable Letta reads into model_settings (values unique to this test).
 OPERATOR_KEYS = {
@@ -225,9 +225,9 @@ def test_the_operator_keys_are_withheld_from_letta_s_settings():
     (so a field an upgrade adds, matching the pattern, is withheld too)."""
     from letta.settings import ModelSettings
 
-    from ketta.operator_keys import credential_fields
+    from ketta.security.operator_keys import credential_fields
 
-    from ketta.operator_keys import SEARCH_TOOL_FIELDS
+    from ketta.security.operator_keys import SEARCH_TOOL_FIELDS
 
     fields = set(credential_fields(ModelSettings())) | set(SEARCH_TOOL_FIELDS)
     assert {name.lower() for name in OPERATOR_KEYS} <= fields, fields
@@ -238,9 +238,10 @@ def test_withheld_keys_leave_letta_s_settings(monkeypatch):
     Google's own, and the others read), kept for Ketta's own fallback and for redaction."""
     from letta.settings import model_settings
 
-    from ketta import operator_keys, server_secrets
+    from ketta.security import operator_keys
+    from ketta.security import server_secrets
     from ketta.app import _operator_keys_out_of_letta
-    from ketta.settings import KettaSettings
+    from ketta.core.settings import KettaSettings
 
     monkeypatch.setattr(model_settings, "gemini_api_key", "opkey-gemini-inproc")
     monkeypatch.setattr(model_settings, "deepseek_api_key", "opkey-deepseek-inproc")
@@ -254,29 +255,29 @@ def test_withheld_keys_leave_letta_s_settings(monkeypatch):
 
 def test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint(monkeypatch):
     """KETTA_ENV_KEY_FALLBACK=true: AZURE_API_KEY goes to AZURE_BASE_URL (or below), never elsewhere."""
-    from ketta import operator_keys
+    from ketta.security import operator_keys
     from ketta.letta_modifications.llm_api import azure_client
-    from ketta.settings import KettaSettings
+    from ketta.core.settings import KettaSettings
 
-    monkeypatch.setattr("ketta.settings.get_settings", lambda: KettaSettings(env_key_fallback=True))
+    monkeypatch.setattr("ketta.core.settings.get_settings", lambda: KettaSettings(env_key_fallback=True))
     monkeypatch.setitem(operator_keys._withheld, "AZURE_API_KEY", "opkey-azure")
     own = ["https://operator.openai.azure.com/openai/v1"]
     assert operator_keys.operator_key_at("AZURE_API_KEY", "https://operator.openai.azure.com/openai/v1", own) == "opkey-azure"
     assert operator_keys.operator_key_at("AZURE_API_KEY", "https://user.example.com/openai/v1", own) is None
     monkeypatch.setattr(azure_client, "operator_endpoints", lambda: own)
     resolve = azure_client._resolve_credentials.__get__(object())
-    monkeypatch.setattr("ketta.patching.original", lambda target: lambda self, key, base, version: (key, base, version))
+    monkeypatch.setattr("ketta.core.patching.original", lambda target: lambda self, key, base, version: (key, base, version))
     assert resolve(None, "https://operator.openai.azure.com/openai/v1", None)[0] == "opkey-azure"
     assert resolve(None, "https://user.example.com/openai/v1", None)[0] == "ketta-no-key"
     assert resolve("sk-stored", "https://user.example.com/openai/v1", None)[0] == "sk-stored"
-    monkeypatch.setattr("ketta.settings.get_settings", lambda: KettaSettings(env_key_fallback=False))
+    monkeypatch.setattr("ketta.core.settings.get_settings", lambda: KettaSettings(env_key_fallback=False))
     assert resolve(None, "https://operator.openai.azure.com/openai/v1", None)[0] == "ketta-no-key"
 
 
 @pytest.fixture()
 def azure_patches() -> Iterator[None]:
     """The Azure patches applied in this process for one test (reverted after, unless they were)."""
-    from ketta import patching
+    from ketta.core import patching
     from ketta.letta_modifications.llm_api import azure_client
 
     applied = [p for p in azure_client.PATCHES if patching.apply(p)]

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import REPO, TEST_TOKEN, KettaProcess, clean_env
-from ketta.database import sync_url
+from ketta.db.database import sync_url
 
 BINARY_ONLY = "asyncpg,pg8000,pgvector,psycopg2-binary,psycopg2"  # psycopg2 itself has no wheel: must not be needed
 
@@ -92,7 +92,7 @@ def test_wheel_installs_without_pg_config_and_serves_from_any_directory(tmp_path
     installed_s = time.monotonic() - started
     where = run([str(bin_dir / "python"), "-c", "import ketta; print(ketta.__file__)"], env=env, cwd=tmp_path).stdout.strip()
     assert where.startswith(str(site_packages)), f"ketta is imported from the wheel, not from the checkout: {where}"
-    migrations = run([str(bin_dir / "python"), "-c", "import ketta.migrations as m, pathlib; "
+    migrations = run([str(bin_dir / "python"), "-c", "import ketta.db.migrations as m, pathlib; "
                       "print(len(list((pathlib.Path(m.__file__).parent / 'versions').glob('0*.py'))))"], env=env)
     assert int(migrations.stdout) >= 3, "the migration scripts are inside the wheel"
 

@@ -1,6 +1,6 @@
 """``ketta patches`` reads declarations and upstream fingerprints from source text, never guessing.
 
-The text-based answers must equal what importing gives (the machinery of ketta.patching), and
+The text-based answers must equal what importing gives (the machinery of ketta.core.patching), and
 ``ketta patches`` must not import Letta.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, clean_env
 from test_startup import child_cpu_seconds
-from ketta import patch_source, patching
+from ketta.core import patch_source, patching
 from ketta.letta_modifications import PATCH_MODULES
 
 

@@ -8,9 +8,10 @@ import types
 
 import pytest
 
-from ketta import letta_modifications, patching
-from ketta.patching import Patch
-from ketta.settings import KettaSettings
+from ketta import letta_modifications
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.core.settings import KettaSettings
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_fingerprints_still_guard_against_a_different_installed_letta(tmp_path, 
     """No Letta release will come after 0.16.8, but a different letta can still be installed (an
     older release, a fork, the archive branch): every fingerprint is of the installed source, so a
     target that differs, handler closures included, is drift, and a handler gone is a missing target."""
-    from ketta import patch_source
+    from ketta.core import patch_source
 
     handler = "create_application.<locals>.llm_rate_limit_error_handler"
     for name, body in (("ketta_fp_released", "return 1"), ("ketta_fp_changed", "return 2"), ("ketta_fp_renamed", None)):

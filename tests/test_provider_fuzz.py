@@ -19,7 +19,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402 - after the importorskip
 
 from conftest import KettaProcess, server_of_its_own  # noqa: E402
-from ketta.database import free_port  # noqa: E402
+from ketta.db.database import free_port  # noqa: E402
 from mock_openai import MockOpenAI  # noqa: E402
 
 EXAMPLES = int(os.environ.get("KETTA_FUZZ_EXAMPLES", "25"))

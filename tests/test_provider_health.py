@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess
-from ketta import provider_health
+from ketta.providers import health as provider_health
 from mock_openai import MockOpenAI
 
 KEY = "sk-health-secret-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Which key an LLM call carries (ketta/provider_keys.py), seen at the LLM endpoint."""
+"""Which key an LLM call carries (ketta/providers/keys.py), seen at the LLM endpoint."""
 
 from __future__ import annotations
 

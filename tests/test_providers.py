@@ -1,10 +1,10 @@
-"""Provider rules shared by the patches (ketta/providers.py): names and the env fallback key."""
+"""Provider rules shared by the patches (ketta/providers/rules.py): names and the env fallback key."""
 
 from __future__ import annotations
 
 import pytest
 
-from ketta.providers import MAX_NAME_LENGTH, ProviderInputError, clean_provider_name, env_key_name
+from ketta.providers.rules import MAX_NAME_LENGTH, ProviderInputError, clean_provider_name, env_key_name
 
 
 def test_a_name_of_exactly_the_limit_is_kept_and_one_more_is_refused() -> None:

@@ -22,7 +22,7 @@ def readme_block(marker: str) -> str:
 
 def test_the_sample_start_block_shows_todays_patch_count_and_schema() -> None:
     from ketta import letta_modifications
-    from ketta.settings import KettaSettings
+    from ketta.core.settings import KettaSettings
 
     block = readme_block("start-block")
     enabled = sum(1 for row in letta_modifications.status_from_source(KettaSettings()) if row.enabled)

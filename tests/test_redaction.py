@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess
-from ketta.database import free_port, sync_url
-from ketta.providers import check_secret_text
-from ketta.redaction import REDACTED, remember_secret, scrub, scrub_record
+from ketta.db.database import free_port, sync_url
+from ketta.providers.rules import check_secret_text
+from ketta.security.redaction import REDACTED, remember_secret, scrub, scrub_record
 from mock_moonshot import MockMoonshot
 from mock_openai import MockOpenAI
 
@@ -57,7 +57,7 @@ def test_log_records_are_scrubbed_with_args_extras_and_tracebacks() -> None:
 
 @pytest.mark.parametrize("bad", ["sk-abc\r\ndef", "sk-abc\ndef", "sk-abc\x00def", "sk abc", "sk-\x7fabc", "sk-ключ"])
 def test_keys_with_control_characters_are_refused(bad: str) -> None:
-    from ketta.providers import ProviderInputError
+    from ketta.providers.rules import ProviderInputError
 
     with pytest.raises(ProviderInputError) as refused:
         check_secret_text(bad, "api_key")
@@ -190,7 +190,7 @@ def test_error_bodies_are_scrubbed_behind_letta_style_middleware() -> None:
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from ketta.redaction import ErrorScrubber
+    from ketta.security.redaction import ErrorScrubber
 
     key = f"plain{uuid.uuid4().hex}"
     remember_secret(key)

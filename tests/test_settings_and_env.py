@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess, RecordingProxy, clean_env, own_database
-from ketta.database import sync_url
+from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
 
 SECRET = "sk-very-secret-0123456789"

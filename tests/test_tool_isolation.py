@@ -24,8 +24,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import TEST_TOKEN, KettaProcess, clean_env, own_database, unique
-from ketta.database import sync_url
-from ketta.user_tokens import create_sync
+from ketta.db.database import sync_url
+from ketta.security.user_tokens import create_sync
 from mock_openai import MockOpenAI
 
 OPERATOR_KEY = "sk-operator-env-secret-0123456789"

@@ -20,8 +20,8 @@ import httpcore2
 import httpx
 import pytest
 
-from ketta import url_guard
-from ketta.url_guard import BlockedAddress, UnsafeURL, check_url_async, check_url_syntax, checked_addresses, parse_allow_list
+from ketta.security import url_guard
+from ketta.security.url_guard import BlockedAddress, UnsafeURL, check_url_async, check_url_syntax, checked_addresses, parse_allow_list
 from mock_openai import MockOpenAI
 
 FAKE_DNS = {
@@ -286,7 +286,7 @@ def test_sdk_clients_letta_builds_are_guarded(resolver, connections, llm: MockOp
     import anthropic
     import openai
 
-    from ketta import patching
+    from ketta.core import patching
     from ketta.letta_modifications.llm_api import anthropic_client, openai_client
 
     patches = [p for p in openai_client.PATCHES + anthropic_client.PATCHES if p.setting == "url_guard"]

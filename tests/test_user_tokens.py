@@ -1,4 +1,4 @@
-"""Per-user tokens (ketta/user_tokens.py): a user's token acts as that user only, org isolation holds."""
+"""Per-user tokens (ketta/security/user_tokens.py): a user's token acts as that user only, org isolation holds."""
 
 from __future__ import annotations
 

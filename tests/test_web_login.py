@@ -1,5 +1,5 @@
 """Klui's web login: a built web app served on the API's origin behind a login page; its calls
-carry a same-origin session cookie (ketta/web_login.py).
+carry a same-origin session cookie (ketta/api/web_login.py).
 
 The browser part runs Debian's Chromium headless against tests/data/klui_web/index.html, a page
 that calls the API the way Klui's web build does (fetch, JSON bodies, Content-Type: application/json,

@@ -45,7 +45,7 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "refresh-outage-empties-models",
-        "ketta/letta_modifications/services/provider_manager.py",
+        "ketta/providers/store.py",
         "raise UpstreamUnavailable(name, 504 if status == 504 else 502, f\"{message} (base_url {typed.base_url})\") from None",
         "return [], []",
         ("tests/letta_modifications/services/test_provider_manager.py::test_refresh_during_an_outage_answers_502_and_keeps_the_models",),
@@ -53,7 +53,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "env-fallback-first",
-        "ketta/provider_keys.py",
+        "ketta/providers/keys.py",
         "    if not key:\n        key = env_key_for(",
         "    if True:\n        key = env_key_for(",
         ("tests/test_provider_keys.py",),
@@ -61,7 +61,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "env-fallback-ignores-setting",
-        "ketta/providers.py",
+        "ketta/providers/rules.py",
         "    if not get_settings().env_key_fallback:\n        return None",
         "    if False:\n        return None",
         ("tests/test_identity_and_env_keys.py::test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it",),
@@ -69,7 +69,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "offline-default",
-        "ketta/settings.py",
+        "ketta/core/settings.py",
         'offline: bool = Field(default=True,',
         'offline: bool = Field(default=False,',
         ("tests/test_settings_and_env.py::test_default_start_downloads_nothing",),
@@ -77,7 +77,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-k25-thinking-temperature",
-        "ketta/letta_modifications/llm_api/kimi_client.py",
+        "ketta/providers/kimi_client.py",
         "return 1.0 if thinking else 0.6",
         "return 0.6",
         ("tests/letta_modifications/llm_api/test_kimi_request_rules.py",),
@@ -85,7 +85,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-k3-temperature",
-        "ketta/letta_modifications/llm_api/kimi_client.py",
+        "ketta/providers/kimi_client.py",
         'if name.startswith(("kimi-k2.7-code", "kimi-k3")):',
         'if name.startswith(("kimi-k2.7-code",)):',
         ("tests/letta_modifications/llm_api/test_kimi_request_rules.py",),
@@ -93,7 +93,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-k27-code-temperature",
-        "ketta/letta_modifications/llm_api/kimi_client.py",
+        "ketta/providers/kimi_client.py",
         'if name.startswith(("kimi-k2.7-code", "kimi-k3")):',
         'if name.startswith(("kimi-k3",)):',
         ("tests/letta_modifications/llm_api/test_kimi_request_rules.py",),
@@ -101,7 +101,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-temperature-no-lower-clamp",
-        "ketta/letta_modifications/llm_api/kimi_client.py",
+        "ketta/providers/kimi_client.py",
         'min(1.0, max(0.0, float(request_data["temperature"])))',
         'min(1.0, float(request_data["temperature"]))',
         ("tests/letta_modifications/llm_api/test_kimi_request_rules.py",),
@@ -109,7 +109,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-default-base-url",
-        "ketta/letta_modifications/schemas/providers/kimi.py",
+        "ketta/providers/kimi.py",
         'MOONSHOT_CHINA_BASE_URL = "https://api.moonshot.cn/v1"',
         'MOONSHOT_CHINA_BASE_URL = "https://api.moonshot.ai/v1"',
         ("tests/letta_modifications/schemas/providers/test_kimi_sync_listing.py",),
@@ -117,7 +117,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "name-limit-off-by-one",
-        "ketta/providers.py",
+        "ketta/providers/rules.py",
         "    if len(cleaned) > MAX_NAME_LENGTH:",
         "    if len(cleaned) >= MAX_NAME_LENGTH:",
         ("tests/test_providers.py",),
@@ -141,7 +141,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "telemetry-not-refused",
-        "ketta/offline.py",
+        "ketta/core/offline.py",
         '    "ORT_DISABLE_TELEMETRY": "1",',
         '    "ORT_DISABLE_TELEMETRY": "0",',
         ("tests/test_settings_and_env.py::test_default_start_downloads_nothing",),
@@ -149,7 +149,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "migration-without-lock",
-        "ketta/migrations/__init__.py",
+        "ketta/db/migrations/__init__.py",
         '    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})',
         "    pass",
         ("tests/test_migrations.py::test_upgrade_waits_for_the_advisory_lock",),
@@ -158,7 +158,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- issues 7, 9, 10 (guard the keys, providers edited safely, secrets) and the Kimi rules ---
     Mutation(
         "login-off-by-default",
-        "ketta/settings.py",
+        "ketta/core/settings.py",
         "insecure_no_login: bool = Field(default=False,",
         "insecure_no_login: bool = Field(default=True,",
         ("tests/test_auth.py::test_token_forms_sdk_bearer_and_letta_bare_password",),
@@ -166,7 +166,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "user-token-acts-as-anyone",
-        "ketta/auth.py",
+        "ketta/security/auth.py",
         "        if claimed - {principal.user_id}:",
         "        if False:",
         ("tests/test_user_tokens.py::test_user_tokens_act_as_their_user_only_and_keep_orgs_apart",),
@@ -174,7 +174,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-first-address-only",
-        "ketta/url_guard.py",
+        "ketta/security/url_guard.py",
         "    for text in addresses:",
         "    for text in addresses[:1]:",
         ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
@@ -182,7 +182,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-credentials-allowed",
-        "ketta/url_guard.py",
+        "ketta/security/url_guard.py",
         'if "@" in parts.netloc:',
         'if "@" in parts.path:',
         ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
@@ -190,7 +190,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-ipv4-mapped-passes",
-        "ketta/url_guard.py",
+        "ketta/security/url_guard.py",
         "        return refused_category(address.ipv4_mapped)",
         "        return None",
         ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
@@ -198,7 +198,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-not-at-connection",
-        "ketta/url_guard.py",
+        "ketta/security/url_guard.py",
         "addresses = await anyio.to_thread.run_sync(checked_addresses, host, port)",
         "addresses = await anyio.to_thread.run_sync(resolver, host, port)",
         ('tests/test_url_guard.py', '-k', 'not server and not loopback_is_refused'),
@@ -214,7 +214,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "key-binding-ignores-port",
-        "ketta/key_binding.py",
+        "ketta/security/endpoints.py",
         "target[:3] != base[:3]",
         "target[:2] != base[:2]",
         ("tests/test_key_binding.py",),
@@ -222,7 +222,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "key-binding-not-at-call-time",
-        "ketta/key_binding.py",
+        "ketta/providers/key_binding.py",
         "    return rewritten",
         "    return configured",
         ("tests/test_key_binding.py",),
@@ -230,7 +230,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "redaction-sk-shape-missed",
-        "ketta/redaction.py",
+        "ketta/security/redaction.py",
         'r"\\bsk-[A-Za-z0-9_\\-]{6,}"',
         'r"\\bsk-[A-Za-z0-9_\\-]{60,}"',
         ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
@@ -238,7 +238,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "redaction-known-keys-kept",
-        "ketta/redaction.py",
+        "ketta/security/redaction.py",
         "    return pattern.sub(REDACTED, text) if pattern is not None and text else text",
         "    return text",
         ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
@@ -246,7 +246,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "key-with-line-break-accepted",
-        "ketta/providers.py",
+        "ketta/providers/rules.py",
         '        if not ("!" <= char <= "~"):',
         '        if char == "\\x00":',
         ('tests/test_redaction.py', '-k', 'not no_key_in_any_response'),
@@ -302,7 +302,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "keyring-ignores-runtime-key",
-        "ketta/keyring.py",
+        "ketta/security/keyring.py",
         "    keys = [current] if current else []",
         "    keys = []",
         ("tests/letta_modifications/helpers/test_crypto_utils.py",),
@@ -326,7 +326,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "pool-ignores-recent-errors",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "    return sorted(members, key=lambda m: (provider_health.recent_errors(organization_id, m.name, ERROR_MEMORY_S), last[m.name]))",
         "    return list(members)",
         ("tests/test_provider_pools.py",),
@@ -342,7 +342,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-lists-every-model",
-        "ketta/letta_modifications/schemas/providers/kimi.py",
+        "ketta/providers/kimi.py",
         '_KIMI_MODEL_ID = re.compile(r"^(kimi-|moonshot-)", re.IGNORECASE)',
         '_KIMI_MODEL_ID = re.compile(r"", re.IGNORECASE)',
         ("tests/letta_modifications/schemas/providers/test_kimi.py::test_kimi_provider_lists_moonshot_models_with_context_windows",),
@@ -396,10 +396,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_letta_fixes.py::test_3156_a_conversation_whose_approval_run_was_cancelled_takes_new_messages[fixes_on]",),
         "letta-ai/letta#3156: a conversation whose approval run was cancelled takes new messages.",
     ),
-    # --- the console (issue 22): ketta/console.py, ketta/cli.py
+    # --- the console (issue 22): ketta/core/console.py, ketta/cli.py
     Mutation(
         "console-client-error-traceback",
-        "ketta/console.py",
+        "ketta/core/console.py",
         "    if status is not None and 400 <= status < 500:",
         "    if False:",
         ("tests/test_console.py::test_a_client_error_is_one_line_and_its_traceback_shows_at_debug",
@@ -408,7 +408,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "console-normal-warnings-shown",
-        "ketta/console.py",
+        "ketta/core/console.py",
         "                if pattern.match(message):\n                    return False",
         "                if pattern.match(message):\n                    return True",
         ("tests/test_console.py::test_warnings_of_normal_operation_stay_off_the_console",),
@@ -416,7 +416,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "console-uvicorn-colours",
-        "ketta/console.py",
+        "ketta/core/console.py",
         "            formatter[\"use_colors\"] = False",
         "            pass",
         ("tests/test_console.py::test_uvicorn_lines_are_formatted_in_a_terminal",),
@@ -432,7 +432,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-host-twice",
-        "ketta/url_guard.py",
+        "ketta/security/url_guard.py",
         "    where = f\"a {category} address\" if host == str(address) else",
         "    where = f\"a {category} address\" if False else",
         ("tests/test_url_guard.py::test_the_refusal_names_the_host_once_and_the_setting_to_add",),
@@ -440,7 +440,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "handle-typo-no-suggestion",
-        "ketta/handle_suggestions.py",
+        "ketta/providers/handle_suggestions.py",
         "    if close:",
         "    if False:",
         ("tests/letta_modifications/server/test_handle_suggestions.py::test_the_message_suggests_close_handles_else_some_else_says_what_to_do",),
@@ -464,7 +464,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "env-file-malformed-skipped",
-        "ketta/env_file.py",
+        "ketta/core/env_file.py",
         "    if bad:\n",
         "    if False:\n",
         ("tests/test_env_file.py::test_a_malformed_line_stops_the_server_once_naming_file_and_line",
@@ -473,16 +473,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "settings-error-multiline",
-        "ketta/settings.py",
+        "ketta/core/settings.py",
         "        raise SettingsError(env_file.describe_invalid(exc, secret_fields=secret)) from None",
         "        raise",
         ("tests/test_env_file.py::test_an_invalid_value_names_the_variable_and_its_source",),
         "An invalid setting is one line naming the variable and where it came from.",
     ),
-    # --- CLI commands and the database (issue 22): ketta/database.py, ketta/cli.py, ketta/import_env.py
+    # --- CLI commands and the database (issue 22): ketta/db/database.py, ketta/cli.py, ketta/providers/import_env.py
     Mutation(
         "cli-attach-starts-embedded",
-        "ketta/database.py",
+        "ketta/db/database.py",
         "        if attach:\n            raise DatabaseError(no_server_message(home))",
         "        if False:\n            raise DatabaseError(no_server_message(home))",
         ("tests/test_cli_database.py::test_commands_that_need_the_database_say_in_one_line_that_no_server_runs",),
@@ -490,7 +490,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "cli-maintenance-initdb",
-        "ketta/database.py",
+        "ketta/db/database.py",
         "        if not create and not (embedded.pgdata / \"PG_VERSION\").exists():",
         "        if False:",
         ("tests/test_cli_database.py::test_maintenance_commands_never_initdb",),
@@ -506,7 +506,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "in-use-names-postgres-port",
-        "ketta/database.py",
+        "ketta/db/database.py",
         "    if url:\n        return f\"the Ketta server on",
         "    if False:\n        return f\"the Ketta server on",
         ("tests/test_cli_database.py::test_the_lock_file_names_the_server_url_for_the_in_use_refusal",),
@@ -530,7 +530,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fixes-off-by-default",
-        "ketta/settings.py",
+        "ketta/core/settings.py",
         "    letta_fixes: bool = Field(default=True,",
         "    letta_fixes: bool = Field(default=False,",
         ("tests/test_patching.py::test_a_fix_names_its_upstream_report_is_on_by_default_and_each_can_be_skipped",),
@@ -546,7 +546,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "handler-fingerprint-blind",
-        "ketta/patching.py",
+        "ketta/core/patching.py",
         "    if found != patch.fingerprint:",
         "    if False:",
         ("tests/test_patching.py::test_fingerprints_still_guard_against_a_different_installed_letta",),
@@ -554,7 +554,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'fallback-any-number',
-        'ketta/provider_fallback.py',
+        'ketta/providers/fallback.py',
         '    if len(value) > MAX_FALLBACKS:',
         '    if False:',
         ('tests/test_provider_fallback.py::test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -562,7 +562,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'fallback-own-model-allowed',
-        'ketta/provider_fallback.py',
+        'ketta/providers/fallback.py',
         '        if handle == primary_handle:',
         '        if False:',
         ('tests/test_provider_fallback.py::test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -570,7 +570,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'fallback-any-api-format',
-        'ketta/provider_fallback.py',
+        'ketta/providers/fallback.py',
         '        if primary_type and config.model_endpoint_type != primary_type:',
         '        if False:',
         ('tests/test_provider_fallback.py::test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -578,7 +578,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'fallback-not-a-list-accepted',
-        'ketta/provider_fallback.py',
+        'ketta/providers/fallback.py',
         '    if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):',
         '    if False:',
         ('tests/test_provider_fallback.py::test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -586,7 +586,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'fallback-unknown-handle-500',
-        'ketta/provider_fallback.py',
+        'ketta/providers/fallback.py',
         '        except Exception:\n            raise FallbackInputError(',
         '        except ZeroDivisionError:\n            raise FallbackInputError(',
         ('tests/test_provider_fallback.py::test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -602,7 +602,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-any-size',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '    if len(refs) > MAX_MEMBERS:',
         '    if False:',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -610,7 +610,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-of-pools',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '        if member.provider_type == POOL_PROVIDER_TYPE:',
         '        if False:',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -618,7 +618,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-member-twice',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '        if any(m.id == member.id for m in members):',
         '        if False:',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -626,7 +626,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-mixed-types',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '    if len(types) > 1:',
         '    if False:',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -634,7 +634,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-no-common-model',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '    if not models:\n        raise PoolInputError(',
         '    if False:\n        raise PoolInputError(',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -642,7 +642,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-empty-allowed',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         '    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):',
         '    if False:',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
@@ -666,7 +666,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "tool-runs-as-server-user",
-        "ketta/tool_isolation.py",
+        "ketta/security/tool_isolation.py",
         "    if os.geteuid() != 0:",
         "    if True:",
         ("tests/test_tool_isolation.py::test_a_tool_run_from_source_gets_no_secret",),
@@ -682,7 +682,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "user-tool-code-allowed",
-        "ketta/tool_code.py",
+        "ketta/security/tool_code.py",
         "    if get_settings().allow_user_tool_code or not writes_or_runs_code(method, path):",
         "    if True:",
         ("tests/test_tool_isolation.py::test_user_tokens_may_not_write_or_run_tool_code_by_default",),
@@ -692,13 +692,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "image-fetch-unguarded",
         "ketta/letta_modifications/helpers/message_helper.py",
         "            return await image_fetch.fetch_image(url, timeout_seconds)",
-        '            return await __import__("ketta.patching").patching.original(TARGET)(url, max_retries, timeout_seconds)',
+        '            return await __import__("ketta.core.patching").core.patching.original(TARGET)(url, max_retries, timeout_seconds)',
         ("tests/test_image_fetch.py",),
         "CVE-2026-4964: an image URL on a refused address is not fetched (directly or via a redirect): 400.",
     ),
     Mutation(
         "unsaved-env-key-served",
-        "ketta/keyring.py",
+        "ketta/security/keyring.py",
         "    if index == 0 or not keyring.current_from_env or not found.source.startswith(str(keyring.home)):",
         "    if True:",
         ("tests/test_keyring.py::test_env_key_that_cannot_read_the_database_while_the_key_file_can_is_refused",),
@@ -706,7 +706,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "web-cookie-cross-site-accepted",
-        "ketta/web_login.py",
+        "ketta/api/web_login.py",
         'if site is not None and site != "same-origin" and not (site == "none" and safe):',
         "if False:",
         ("tests/test_web_login.py::test_cookie_rules_over_http",),
@@ -714,7 +714,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "web-cookie-origin-unchecked",
-        "ketta/web_login.py",
+        "ketta/api/web_login.py",
         'if origin == "null" or parsed.netloc.lower() != host.lower()',
         "if False and parsed.netloc.lower() != host.lower()",
         ("tests/test_web_login.py::test_cookie_rules_over_http",),
@@ -722,7 +722,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "web-session-survives-revoke",
-        "ketta/web_login.py",
+        "ketta/api/web_login.py",
         "WHERE t.id = :id AND t.revoked_at IS NULL",
         "WHERE t.id = :id",
         ("tests/test_web_login.py::test_cookie_rules_over_http",),
@@ -730,7 +730,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "models-list-no-embeddings",
-        "ketta/model_listing.py",
+        "ketta/providers/model_listing.py",
         "return chat + [model for model in embeddings if model.handle not in chat_handles]",
         "return chat",
         ("tests/test_klui_contract.py::test_klui_agent_screen",),
@@ -738,7 +738,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "upstream-fault-is-500",
-        "ketta/upstream_errors.py",
+        "ketta/llm/upstream_errors.py",
         "return status if status in (503, 504) else 502",
         "return 500",
         ("tests/test_klui_contract.py::test_blocking_message_upstream_fault_is_a_gateway_error_and_a_resend_stores_once",),
@@ -746,7 +746,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "preflight-not-cached",
-        "ketta/cors.py",
+        "ketta/security/cors.py",
         'cors[-1].kwargs["max_age"] = PREFLIGHT_MAX_AGE',
         "pass",
         ("tests/test_cors.py::test_klui_preflights_are_cached_and_need_no_token",),
@@ -754,7 +754,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "identity-body-unchecked",
-        "ketta/auth.py",
+        "ketta/security/auth.py",
         "            foreign = _foreign_identity(principal, _body_fields(scope[\"headers\"], received))",
         "            foreign = None",
         ("tests/test_identity_and_env_keys.py::test_chat_completions_acts_as_the_token_s_user_only",),
@@ -762,7 +762,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "identity-query-unchecked",
-        "ketta/auth.py",
+        "ketta/security/auth.py",
         "        foreign = _foreign_identity(principal, parse_qsl(",
         "        foreign = None and _foreign_identity(principal, parse_qsl(",
         ("tests/test_identity_and_env_keys.py::test_every_route_naming_another_identity_refuses_a_user_token",),
@@ -770,7 +770,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "identity-same-org-user-allowed",
-        "ketta/auth.py",
+        "ketta/security/auth.py",
         "    own = {\"user\": principal.user_id, \"organization\": principal.organization_id}",
         "    own = {\"user\": principal.user_id, \"organization\": principal.organization_id}; return None",
         ("tests/test_identity_and_env_keys.py::test_chat_completions_acts_as_the_token_s_user_only",),
@@ -778,7 +778,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "latest-providers-unfiltered",
-        "ketta/redaction.py",
+        "ketta/security/redaction.py",
         "PROVIDERS_PREFIXES = (\"/v1/providers\", \"/latest/providers\")",
         "PROVIDERS_PREFIXES = (\"/v1/providers\",)",
         ("tests/test_identity_and_env_keys.py::test_latest_provider_routes_never_return_key_material",),
@@ -786,7 +786,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "letta-proxy-routes-served",
-        "ketta/closed_routes.py",
+        "ketta/api/closed_routes.py",
         "    app.router.routes[:] = kept",
         "    pass",
         ("tests/test_closed_routes.py",),
@@ -795,14 +795,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "key-follows-new-origin",
         "ketta/letta_modifications/services/provider_manager.py",
-        "    if moved and \"api_key\" not in sent and await _plain_key(current, current.name):",
+        "    if moved and \"api_key\" not in sent and await plain_key(current, current.name):",
         "    if False:",
         ("tests/letta_modifications/services/test_provider_edits.py::test_a_stored_key_never_follows_a_new_origin_by_itself",),
         "PATCH moving a provider with a stored key to another origin must send the key again (400).",
     ),
     Mutation(
         "env-key-any-endpoint",
-        "ketta/providers.py",
+        "ketta/providers/rules.py",
         "    return key if any(endpoint and is_under(base_url, endpoint) for endpoint in own) else None",
         "    return key",
         ("tests/test_identity_and_env_keys.py::test_with_the_fallback_on_an_env_key_goes_only_to_its_own_endpoint",),
@@ -810,7 +810,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "env-fallback-default-on",
-        "ketta/settings.py",
+        "ketta/core/settings.py",
         "    env_key_fallback: bool = Field(\n        default=False,",
         "    env_key_fallback: bool = Field(\n        default=True,",
         ("tests/test_identity_and_env_keys.py::test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it",),
@@ -842,7 +842,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-pool-members-any-org",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "pool.organization_id = :org AND ",
         "(pool.organization_id = :org OR true) AND ",
         ("tests/test_org_isolation.py::test_a_pool_s_members_are_its_own_organization_s",),
@@ -850,7 +850,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-pool-resolve-any-org",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "FROM providers WHERE organization_id = :org AND NOT is_deleted \"",
         "FROM providers WHERE (organization_id = :org OR true) AND NOT is_deleted \"",
         ("tests/test_org_isolation.py::test_a_pool_cannot_take_another_organization_s_provider",),
@@ -858,7 +858,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-pool-row-any-org",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "WHERE id = :id AND organization_id = :org AND provider_type = :type AND NOT is_deleted FOR UPDATE",
         "WHERE id = :id AND (organization_id = :org OR true) AND provider_type = :type AND NOT is_deleted FOR UPDATE",
         ("tests/test_org_isolation.py::test_another_organization_s_pool_and_provider_health_are_404",),
@@ -866,7 +866,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-pool-get-any-org",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "sa.text(\"SELECT id, name FROM providers WHERE id = :id AND organization_id = :org AND provider_type = :type AND NOT is_deleted\"),",
         "sa.text(\"SELECT id, name FROM providers WHERE id = :id AND (organization_id = :org OR true) AND provider_type = :type AND NOT is_deleted\"),",
         ("tests/test_org_isolation.py::test_another_organization_s_pool_and_provider_health_are_404",),
@@ -874,7 +874,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-pool-list-any-org",
-        "ketta/provider_pools.py",
+        "ketta/providers/pools.py",
         "\"SELECT id FROM providers WHERE organization_id = :org AND provider_type",
         "\"SELECT id FROM providers WHERE (organization_id = :org OR true) AND provider_type",
         ("tests/test_org_isolation.py::test_a_pool_s_members_are_its_own_organization_s",),
@@ -882,7 +882,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-health-any-org",
-        "ketta/provider_health_api.py",
+        "ketta/api/provider_health.py",
         "WHERE id = :id AND organization_id = :org AND NOT is_deleted",
         "WHERE id = :id AND (organization_id = :org OR true) AND NOT is_deleted",
         ("tests/test_org_isolation.py::test_another_organization_s_pool_and_provider_health_are_404",),
@@ -890,7 +890,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-key-lookup-any-org",
-        "ketta/provider_keys.py",
+        "ketta/providers/keys.py",
         "WHERE name = :name AND organization_id = :org AND NOT is_deleted LIMIT 1",
         "WHERE name = :name AND (organization_id = :org OR true) AND NOT is_deleted LIMIT 1",
         ("tests/test_org_isolation.py::test_a_message_never_uses_another_organization_s_key",),
@@ -898,7 +898,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "kimi-redirect-is-valid",
-        "ketta/letta_modifications/schemas/providers/kimi.py",
+        "ketta/providers/kimi.py",
         "        if 300 <= response.status_code < 400:  # not followed",
         "        if False:  # not followed",
         ("tests/test_redirects.py",),
@@ -931,7 +931,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "operator-key-any-endpoint",
-        "ketta/operator_keys.py",
+        "ketta/security/operator_keys.py",
         "    return key if any(own and is_under(endpoint, own) for own in own_endpoints) else None",
         "    return key",
         ("tests/test_operator_keys.py::test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint",),
@@ -939,7 +939,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "operator-key-ignores-setting",
-        "ketta/operator_keys.py",
+        "ketta/security/operator_keys.py",
         "    if not get_settings().env_key_fallback or not endpoint:",
         "    if not endpoint:",
         ("tests/test_operator_keys.py::test_azure_fallback_on_gives_the_key_only_at_the_operator_s_endpoint",),
@@ -947,7 +947,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "letta-model-settings-keep-keys",
-        "ketta/operator_keys.py",
+        "ketta/security/operator_keys.py",
         "        setattr(model_settings, field, None)",
         "        pass",
         ("tests/test_operator_keys.py::test_agent_configs_without_a_provider_never_get_an_env_key",),
@@ -955,7 +955,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "sdk-key-from-environment",
-        "ketta/operator_keys.py",
+        "ketta/security/operator_keys.py",
         "    if kwargs.get(\"api_key\") is None and not kwargs.get(\"auth_token\"):",
         "    if False:",
         ("tests/test_operator_keys.py::test_agent_configs_without_a_provider_never_get_an_env_key",),

@@ -2,7 +2,7 @@
 
 Each module here mirrors the Letta module it patches (``services/provider_manager.py``
 patches ``letta/services/provider_manager.py``) and exports ``PATCHES``, a list of
-:class:`ketta.patching.Patch`. Modules are imported lazily and in this order: the enum
+:class:`ketta.core.patching.Patch`. Modules are imported lazily and in this order: the enum
 patch comes first because pydantic freezes an enum's members into every schema built
 from it, and most of Letta builds its schemas on import. A module may define
 ``after_apply()``, run once its patches are done (enabled or not).
@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
-from ketta import patching
-from ketta.patching import Patch
-from ketta.settings import KettaSettings
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.core.settings import KettaSettings
 
 PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.enums",
@@ -98,11 +98,11 @@ def status(settings: KettaSettings) -> list[PatchStatus]:
 def status_from_source(settings: KettaSettings) -> list[PatchStatus]:
     """Like :func:`status`, read from source text without importing Letta (``ketta patches``).
 
-    Declarations and upstream fingerprints come from :mod:`ketta.patch_source`; whatever it
+    Declarations and upstream fingerprints come from :mod:`ketta.core.patch_source`; whatever it
     cannot settle from text (a fingerprint that differs, a computed target) is checked by
     importing, so a drift is never missed. Replacements are not loaded (``replacement=None``).
     """
-    from ketta import patch_source
+    from ketta.core import patch_source
 
     rows: list[PatchStatus] = []
     for module_name in PATCH_MODULES:

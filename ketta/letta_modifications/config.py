@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 log = logging.getLogger("ketta")
 

@@ -45,7 +45,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
     prepare()
     for _module, patch in letta_modifications.iter_patches():
-        from ketta import patching
+        from ketta.core import patching
 
         if patching.is_applied(patch) and _record_calls(patch):
             _patch_targets.append(patch.target)
@@ -53,7 +53,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 def _record_calls(patch: Any) -> bool:
     """Swap the installed replacement for a wrapper that notes the running test; False if no code."""
-    from ketta.patching import resolve_owner
+    from ketta.core.patching import resolve_owner
 
     if patch.mode in ("enum_member", "exception_handler"):
         return False  # no code of its own / a handler of the app Ketta builds, not of Letta's tests

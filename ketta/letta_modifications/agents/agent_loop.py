@@ -17,10 +17,10 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
-from ketta import patching
-from ketta.patching import Patch
-from ketta.providers import ProviderMissing
-from ketta.provider_keys import current_model_endpoint, remembered_row, require_provider_async
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.providers.rules import ProviderMissing
+from ketta.providers.keys import current_model_endpoint, remembered_row, require_provider_async
 from letta.schemas.agent import AgentState
 
 if TYPE_CHECKING:

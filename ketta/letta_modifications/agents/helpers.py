@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 log = logging.getLogger("ketta")
 

@@ -2,13 +2,14 @@
 
 ``LettaAgentV2.__init__`` makes the client every step of the agent uses (memgpt-style agents and,
 through ``LettaAgentV3``, ``letta_v1_agent``). The agent's ``metadata.ketta_fallback_handles``
-is attached to that client, which sends a failed request to them (:mod:`ketta.provider_fallback`).
+is attached to that client, which sends a failed request to them (:mod:`ketta.providers.fallback`).
 """
 
 from __future__ import annotations
 
-from ketta import patching, provider_fallback
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.providers import fallback as provider_fallback
+from ketta.core.patching import Patch
 
 TARGET = "letta.agents.letta_agent_v2:LettaAgentV2.__init__"
 

@@ -2,7 +2,7 @@
 
 Stock Letta decrypts with ``LETTA_ENCRYPTION_KEY`` alone, so a server cannot read values written
 under another key: replicas could not be moved to a new key one at a time. With the keyring
-(``ketta.keyring``: current key, ``KETTA_PREVIOUS_ENCRYPTION_KEYS``, ``encryption_key.*.old``),
+(``ketta.security.keyring``: current key, ``KETTA_PREVIOUS_ENCRYPTION_KEYS``, ``encryption_key.*.old``),
 the key Letta encrypts with is tried first, then the keyring's; encryption is unchanged. The
 key Letta encrypts with is ``settings.encryption_key`` read at each call (as stock encryption
 and decryption read it), not the keyring read at start: code that sets it at run time can
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ketta import keyring, patching
-from ketta.patching import Patch
+from ketta.security import keyring
+from ketta.core import patching
+from ketta.core.patching import Patch
 from letta.helpers.crypto_utils import CryptoUtils
 from letta.settings import settings as letta_settings
 

@@ -1,13 +1,13 @@
 """Patches of ``letta/helpers/message_helper.py``: image URLs in message content are fetched
-through Ketta's URL guard, every redirect hop checked (CVE-2026-4964). See :mod:`ketta.image_fetch`."""
+through Ketta's URL guard, every redirect hop checked (CVE-2026-4964). See :mod:`ketta.security.image_fetch`."""
 
 from __future__ import annotations
 
 import httpx
 from letta.errors import LettaImageFetchError
 
-from ketta import image_fetch
-from ketta.patching import Patch
+from ketta.security import image_fetch
+from ketta.core.patching import Patch
 
 TARGET = "letta.helpers.message_helper:_fetch_image_from_url"
 

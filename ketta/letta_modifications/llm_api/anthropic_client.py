@@ -3,7 +3,7 @@ connection of the Anthropic SDK passes Ketta's URL guard, and calls go to the pr
 
 Letta builds ``anthropic.AsyncAnthropic``/``Anthropic`` clients in several places without an
 ``http_client``; the SDK then makes its own ``AsyncHttpxClientWrapper`` (on ``httpx2``). The
-patch gives that default client the guarded transport of :mod:`ketta.url_guard`, so every
+patch gives that default client the guarded transport of :mod:`ketta.security.url_guard`, so every
 request, retry and redirect connects only to addresses the operator allows.
 
 Stock ``AnthropicClient._get_anthropic_client(_async)`` builds its client without a base_url, so
@@ -24,10 +24,11 @@ from anthropic.resources.beta.messages import AsyncMessages
 from letta.llm_api.anthropic_client import AnthropicClient
 from letta.schemas.llm_config import LLMConfig
 
-from ketta import patching, provider_keys
-from ketta.llm_http import ANTHROPIC_DEFAULT_BASE_URL, bounded_init
-from ketta.patching import Patch
-from ketta.url_guard import with_guarded_transport
+from ketta.core import patching
+from ketta.providers import keys as provider_keys
+from ketta.llm.http import ANTHROPIC_DEFAULT_BASE_URL, bounded_init
+from ketta.core.patching import Patch
+from ketta.security.url_guard import with_guarded_transport
 
 
 class GuardedAsyncHttpxClientWrapper(sdk.AsyncHttpxClientWrapper):

@@ -19,10 +19,10 @@ from typing import List, Optional
 
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from ketta import patching
-from ketta.operator_keys import operator_key_at
-from ketta.patching import Patch
-from ketta.providers import NO_KEY
+from ketta.core import patching
+from ketta.security.operator_keys import operator_key_at
+from ketta.core.patching import Patch
+from ketta.providers.rules import NO_KEY
 from letta.llm_api.azure_client import AzureClient
 from letta.schemas.embedding_config import EmbeddingConfig
 
@@ -32,7 +32,7 @@ EMBEDDINGS_TARGET = "letta.llm_api.azure_client:AzureClient.request_embeddings"
 
 def operator_endpoints() -> list[Optional[str]]:
     """Where the operator's AZURE_API_KEY belongs: the operator's own Azure endpoint."""
-    from ketta import server_secrets
+    from ketta.security import server_secrets
     from letta.settings import model_settings
 
     return [model_settings.azure_base_url, server_secrets.get("AZURE_BASE_URL"), server_secrets.get("AZURE_API_BASE")]

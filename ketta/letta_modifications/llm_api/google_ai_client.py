@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ketta.letta_modifications.llm_api.openai import call_with_guarded_client
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 LIST_TARGET = "letta.llm_api.google_ai_client:google_ai_get_model_list_async"
 DETAILS_TARGET = "letta.llm_api.google_ai_client:google_ai_get_model_details_async"

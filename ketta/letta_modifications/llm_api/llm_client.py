@@ -14,10 +14,10 @@ from typing import Optional
 from letta.llm_api.llm_client_base import LLMClientBase
 from letta.schemas.enums import ProviderType
 
-from ketta import patching
-from ketta.letta_modifications.llm_api.kimi_client import KimiClient, OpenAICompatibleClient
-from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.providers.kimi_client import KimiClient, OpenAICompatibleClient
+from ketta.providers.kimi import KIMI_PROVIDER_TYPE
+from ketta.core.patching import Patch
 
 TARGET = "letta.llm_api.llm_client:LLMClient.create"
 

@@ -4,7 +4,7 @@ Stock Letta reads the stored key only when the agent's ``llm_config.provider_cat
 "byok" and uses env vars otherwise. Ketta looks the provider up by name for every call, so
 a key changed with PATCH /v1/providers/{id} is used by the next message, and an agent whose
 provider was deleted gets a 4xx naming it. The key goes only to its provider: the config's
-``model_endpoint`` is replaced by the provider's own when it is not (:mod:`ketta.key_binding`);
+``model_endpoint`` is replaced by the provider's own when it is not (:mod:`ketta.providers.key_binding`);
 Letta's clients read the endpoint after asking for the key.
 """
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from ketta import llm_calls, patching
-from ketta.patching import Patch
-from ketta.key_binding import endpoint_for_call
-from ketta.provider_keys import ProviderRow, lookup, lookup_async
-from ketta.providers import NO_KEY
+from ketta.providers import routing as llm_calls
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.providers.key_binding import endpoint_for_call
+from ketta.providers.keys import ProviderRow, lookup, lookup_async
+from ketta.providers.rules import NO_KEY
 from letta.llm_api.llm_client_base import LLMClientBase
 from letta.schemas.llm_config import LLMConfig
 
@@ -43,7 +44,7 @@ async def get_byok_overrides_async(self: LLMClientBase, llm_config: LLMConfig) -
 def _never_env_key(overrides: Overrides) -> Overrides:
     """Letta's clients use the operator's env key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) when
     this returns no key, and send it to whatever endpoint the config names: a placeholder instead.
-    Ketta's own fallback (:func:`ketta.providers.env_key_for`) already gave a provider its env key
+    Ketta's own fallback (:func:`ketta.providers.rules.env_key_for`) already gave a provider its env key
     where the operator allows it."""
     key, *rest = overrides
     return (key or NO_KEY, *rest)  # type: ignore[return-value]

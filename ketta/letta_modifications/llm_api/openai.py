@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-from ketta import patching
-from ketta.patching import Patch
-from ketta.url_guard import guarded_async_client
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.security.url_guard import guarded_async_client
 
 TARGET = "letta.llm_api.openai:openai_get_model_list_async"
 LISTING_TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # what Letta's own client uses

@@ -1,6 +1,6 @@
 """Patches of ``letta/llm_api/openai_client.py``: embedding calls use their provider's stored key;
 every OpenAI SDK client connects through Ketta's URL guard, is bounded and reuses its
-endpoint's HTTP client (:mod:`ketta.llm_http`: constructors of ``AsyncOpenAI``/``OpenAI`` get the
+endpoint's HTTP client (:mod:`ketta.llm.http`: constructors of ``AsyncOpenAI``/``OpenAI`` get the
 shared client, Ketta's timeouts and retry budget; the shared clients use the guarded transport).
 
 Stock Letta sends embedding requests with OPENAI_API_KEY from the environment only.
@@ -8,7 +8,7 @@ The provider is the first part of the embedding handle ('{provider name}/{model}
 
 Letta builds ``openai.AsyncOpenAI``/``OpenAI`` clients (OpenAI, Kimi, Azure, DeepSeek, xAI, ...)
 without an ``http_client``; the SDK then makes its own ``AsyncHttpxClientWrapper``. The patch
-gives that default client the guarded transport of :mod:`ketta.url_guard`.
+gives that default client the guarded transport of :mod:`ketta.security.url_guard`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 
 import openai._base_client as sdk
 
-from ketta import patching
-from ketta.patching import Patch
-from ketta.key_binding import endpoint_for_call
-from ketta.llm_http import OPENAI_DEFAULT_BASE_URL, bounded_init
-from ketta.provider_keys import lookup, lookup_key_async
-from ketta.providers import NO_KEY
-from ketta.url_guard import with_guarded_transport
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.providers.key_binding import endpoint_for_call
+from ketta.llm.http import OPENAI_DEFAULT_BASE_URL, bounded_init
+from ketta.providers.keys import lookup, lookup_key_async
+from ketta.providers.rules import NO_KEY
+from ketta.security.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 ENUMS_MODULE = "letta.schemas.enums"
 

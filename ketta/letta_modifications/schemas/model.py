@@ -8,8 +8,8 @@ Stock ``GET /v1/models/`` reports ``provider_type`` as the endpoint type (a Kimi
 
 from __future__ import annotations
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 from letta.schemas.embedding_config import EmbeddingConfig
 from letta.schemas.enums import ProviderType
 from letta.schemas.llm_config import LLMConfig

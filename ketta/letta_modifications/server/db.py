@@ -35,8 +35,8 @@ from typing import Any, AsyncIterator
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from ketta.patching import Patch
-from ketta.settings import get_settings
+from ketta.core.patching import Patch
+from ketta.core.settings import get_settings
 
 log = logging.getLogger("ketta.db")
 
@@ -98,12 +98,6 @@ def _release_closed_loops() -> None:
         engine.sync_engine.dispose(close=False)
     if closed:
         gc.collect()
-
-
-def current_engine() -> AsyncEngine:
-    """This event loop's engine (tests and diagnostics)."""
-    session_factory()
-    return _engines[id(asyncio.get_running_loop())][1]
 
 
 def _connection_lost(error: BaseException) -> bool:

@@ -16,10 +16,10 @@ from typing import List, Optional
 from fastapi import HTTPException
 from sqlalchemy import select
 
-from ketta import patching
-from ketta.patching import Patch
-from ketta.model_listing import organization_providers_query
-from ketta.providers import check_text
+from ketta.core import patching
+from ketta.core.patching import Patch
+from ketta.providers.model_listing import organization_providers_query
+from ketta.providers.rules import check_text
 from letta.orm.errors import NoResultFound
 from letta import constants
 from letta.orm.provider_model import ProviderModel as ProviderModelRow
@@ -45,7 +45,7 @@ LIST_TARGET = "letta.server.server:SyncServer.list_llm_models_async"
 async def _first_sync(server: SyncServer, provider, actor: User) -> None:
     """List an unsynced provider's models once; on failure it stays unsynced (the next listing
     retries) and the listing goes on without them. A provider deleted meanwhile is skipped."""
-    from ketta.letta_modifications.services.provider_manager import list_upstream_models, typed_for_listing
+    from ketta.providers.store import list_upstream_models, typed_for_listing
 
     try:
         models = await list_upstream_models(await typed_for_listing(provider), provider.name)
@@ -141,7 +141,7 @@ UPDATE_AGENT = "letta.server.server:SyncServer.update_agent_async"
 
 async def create_agent_async(self: SyncServer, request, actor: User):
     """Letta's agent creation, after checking the agent's fallback handles (400 naming a bad one)."""
-    from ketta import provider_fallback
+    from ketta.providers import fallback as provider_fallback
 
     if request.metadata and provider_fallback.METADATA_KEY in request.metadata:
         primary = request.llm_config
@@ -154,7 +154,7 @@ async def create_agent_async(self: SyncServer, request, actor: User):
 
 async def update_agent_async(self: SyncServer, agent_id: str, request, actor: User):
     """Letta's agent update, after checking fallback handles sent in ``metadata``."""
-    from ketta import provider_fallback
+    from ketta.providers import fallback as provider_fallback
 
     if request.metadata and provider_fallback.METADATA_KEY in request.metadata:
         primary = request.llm_config
@@ -176,7 +176,7 @@ async def get_llm_config_from_handle_async(self: SyncServer, actor: User, handle
     """Letta's lookup; an unknown handle is a 404 naming it with close handles the actor can use."""
     from letta.errors import HandleNotFoundError
 
-    from ketta import handle_suggestions
+    from ketta.providers import handle_suggestions
 
     try:
         return await patching.original(LLM_HANDLE)(self, actor, handle, context_window_limit, max_tokens, max_reasoning_tokens,
@@ -191,7 +191,7 @@ async def get_embedding_config_from_handle_async(self: SyncServer, actor: User, 
     """Letta's lookup; an unknown handle is a 404 (stock: 400) naming it with close handles the actor can use."""
     from letta.errors import LettaInvalidArgumentError
 
-    from ketta import handle_suggestions
+    from ketta.providers import handle_suggestions
 
     try:
         return await patching.original(EMBEDDING_HANDLE)(self, actor, handle, embedding_chunk_size)

@@ -1,7 +1,7 @@
 """Patches of ``letta/services/agent_manager.py``: what an agent's configs may say.
 
 - A config that names a stored provider must use that provider's endpoint (400 naming the
-  field, :mod:`ketta.key_binding`): a provider's key goes only to its own base_url.
+  field, :mod:`ketta.providers.key_binding`): a provider's key goes only to its own base_url.
 - Every endpoint of an agent's configs (``llm_config.model_endpoint``,
   ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix).
 - A Kimi agent needs another provider's embedding. Moonshot has no embeddings API: stock Letta
@@ -21,13 +21,13 @@ from letta.schemas.agent import AgentState, CreateAgent, UpdateAgent
 from letta.schemas.user import User
 from letta.services.agent_manager import AgentManager
 
-from ketta import patching
-from ketta.key_binding import check_agent_configs
-from ketta.letta_modifications.schemas.providers.kimi import KIMI_PROVIDER_TYPE
-from ketta.patching import Patch
-from ketta.provider_keys import provider_row_async, provider_type_async
-from ketta.settings import get_settings
-from ketta.url_guard import check_url_async
+from ketta.core import patching
+from ketta.providers.key_binding import check_agent_configs
+from ketta.providers.kimi import KIMI_PROVIDER_TYPE
+from ketta.core.patching import Patch
+from ketta.providers.keys import provider_row_async, provider_type_async
+from ketta.core.settings import get_settings
+from ketta.security.url_guard import check_url_async
 
 CREATE_TARGET = "letta.services.agent_manager:AgentManager.create_agent_async"
 UPDATE_TARGET = "letta.services.agent_manager:AgentManager.update_agent_async"

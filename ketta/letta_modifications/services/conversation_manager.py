@@ -19,7 +19,7 @@ from letta.schemas.user import User
 from letta.server.db import db_registry
 from letta.services.conversation_manager import ConversationManager
 
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 
 async def delete_conversation(self: ConversationManager, conversation_id: str, actor: User) -> None:

@@ -14,7 +14,7 @@ from letta.schemas.user import User
 from letta.server.db import db_registry
 from letta.services.files_agents_manager import FileAgentManager
 
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.files_agents_manager:FileAgentManager"
 BATCH = 1000  # pairs per statement (asyncpg allows 32,767 parameters)

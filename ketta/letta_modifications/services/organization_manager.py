@@ -14,8 +14,8 @@ from letta.schemas.organization import Organization
 from letta.services.organization_manager import OrganizationManager
 from sqlalchemy.exc import IntegrityError
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.organization_manager:OrganizationManager.create_default_organization_async"
 

@@ -1,14 +1,15 @@
 """Patches of ``letta/services/step_manager.py``: a step answered by a fallback names it.
 
 The step row is written before the LLM call with the agent's own model; when a fallback handle
-answered instead (:mod:`ketta.provider_fallback`), saving the step's success also records that
+answered instead (:mod:`ketta.providers.fallback`), saving the step's success also records that
 handle's ``model_handle``, ``model`` and ``model_endpoint`` (Letta's own resolved-model update).
 """
 
 from __future__ import annotations
 
-from ketta import patching, provider_fallback
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.providers import fallback as provider_fallback
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.step_manager:StepManager.update_step_success_async"
 

@@ -3,7 +3,7 @@
 When the agent's LLM call is rate limited, Letta's stream ends with an ``event: error`` whose
 ``message`` is one fixed sentence; the provider's text is only in ``detail``. The patch watches
 the agent loop's stream for the rate-limit error and gives that event the provider's own text
-(:mod:`ketta.llm_errors`); every other chunk passes unchanged. The run's stored error metadata
+(:mod:`ketta.llm.errors`); every other chunk passes unchanged. The run's stored error metadata
 keeps Letta's sentence (its ``detail`` has the provider's text).
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator
 
-from ketta import patching
-from ketta.llm_errors import rate_limit_message
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.llm.errors import rate_limit_message
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.streaming_service:StreamingService._create_error_aware_stream"
 ERROR_EVENT = "event: error\ndata: "

@@ -9,8 +9,8 @@ from letta.schemas.user import User
 from letta.services.user_manager import UserManager
 from sqlalchemy.exc import IntegrityError
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.user_manager:UserManager.create_default_actor_async"
 

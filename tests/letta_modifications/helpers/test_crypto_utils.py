@@ -1,5 +1,5 @@
 """The keyring patch of Letta's CryptoUtils: decryption tries every configured key, encryption
-uses the current one; and Ketta's own cipher (ketta.keyring) reads and writes Letta's format."""
+uses the current one; and Ketta's own cipher (ketta.security.keyring) reads and writes Letta's format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Iterator
 
 import pytest
 
-from ketta import keyring, patching
+from ketta.security import keyring
+from ketta.core import patching
 from ketta.letta_modifications.helpers import crypto_utils as patch_module
 
 KEY_A = "key-A-" + "a" * 40

@@ -156,7 +156,7 @@ def _replay(arguments: str | None, step: int, parameters: set[str], content: str
     from letta.interfaces.openai_streaming_interface import OpenAIStreamingInterface
     from openai.types.chat import ChatCompletionChunk
 
-    from ketta.letta_modifications.llm_api.kimi_client import MoonshotAdjustment, MoonshotStream
+    from ketta.providers.kimi_client import MoonshotAdjustment, MoonshotStream
 
     def chunk(delta: dict, finish: str | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk.model_validate({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": THINKING_MODEL,

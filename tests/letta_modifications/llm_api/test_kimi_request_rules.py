@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ketta.letta_modifications.llm_api.kimi_client import adjust_chat_request
+from ketta.providers.kimi_client import adjust_chat_request
 from letta.schemas.llm_config import LLMConfig
 
 

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess
-from ketta import migrations
-from ketta.database import EmbeddedPostgres, free_port, sync_url, with_database
+from ketta.db import migrations
+from ketta.db.database import EmbeddedPostgres, free_port, sync_url, with_database
 from mock_openai import MockOpenAI
 
 
@@ -136,7 +136,7 @@ def test_ketta_runs_behind_pgbouncer_in_transaction_mode(start_ketta: Callable[.
 _LOOPS = """
 import asyncio, sys
 from ketta import letta_modifications
-from ketta.settings import KettaSettings
+from ketta.core.settings import KettaSettings
 letta_modifications.apply_all(KettaSettings())
 import sqlalchemy as sa
 from letta.server.db import db_registry

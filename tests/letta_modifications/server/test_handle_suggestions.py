@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from conftest import unique
-from ketta.handle_suggestions import message
+from ketta.providers.handle_suggestions import message
 from mock_openai import MockOpenAI
 
 

@@ -12,13 +12,13 @@ import sys
 import sqlalchemy as sa
 
 from conftest import clean_env
-from ketta import migrations
-from ketta.database import sync_url
+from ketta.db import migrations
+from ketta.db.database import sync_url
 
 _STARTS = """
 import asyncio, json, sys
 from ketta import letta_modifications
-from ketta.settings import KettaSettings
+from ketta.core.settings import KettaSettings
 letta_modifications.apply_all(KettaSettings(unified_providers=sys.argv[1] == "on"))
 from letta.services.organization_manager import OrganizationManager
 from letta.services.user_manager import UserManager

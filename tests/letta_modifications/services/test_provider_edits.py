@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import unique
-from ketta.database import free_port
+from ketta.db.database import free_port
 from mock_openai import MockOpenAI
 
 
@@ -231,7 +231,7 @@ def test_env_fallback_key_lists_the_models_at_create_and_refresh(api, shared_ser
 _CREATE_WITH_EMPTY_KEY = """
 import asyncio, sys
 from ketta import letta_modifications
-from ketta.settings import KettaSettings
+from ketta.core.settings import KettaSettings
 letta_modifications.apply_all(KettaSettings())
 from letta.schemas.enums import ProviderType
 from letta.schemas.providers import ProviderCreate

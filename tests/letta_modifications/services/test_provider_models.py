@@ -95,7 +95,7 @@ def test_a_handle_left_on_another_provider_moves_to_the_provider_it_names(api, s
 _SYNCS = """
 import asyncio, json, sys
 from ketta import letta_modifications
-from ketta.settings import KettaSettings
+from ketta.core.settings import KettaSettings
 letta_modifications.apply_all(KettaSettings())
 from letta.schemas.llm_config import LLMConfig
 from letta.services.provider_manager import ProviderManager

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ketta.letta_modifications.schemas.providers.base import UPDATE_WHY, ProviderUpdate
-from ketta.letta_modifications.schemas.providers.kimi import KimiProvider
-from ketta.patching import Patch
+from ketta.providers.kimi import KimiProvider
+from ketta.core.patching import Patch
 
 PATCHES = [
     Patch(

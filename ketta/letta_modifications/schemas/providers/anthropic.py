@@ -13,9 +13,9 @@ from letta.errors import ErrorCode, LLMAuthenticationError, LLMPermissionDeniedE
 from letta.schemas.llm_config import LLMConfig
 from letta.schemas.providers.anthropic import AnthropicProvider
 
-from ketta import patching
+from ketta.core import patching
 from ketta.letta_modifications.llm_api.anthropic_client import sdk_base_url
-from ketta.patching import Patch
+from ketta.core.patching import Patch
 
 TARGET = "letta.schemas.providers.anthropic:AnthropicProvider"
 

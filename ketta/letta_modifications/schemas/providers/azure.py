@@ -16,8 +16,8 @@ from fastapi import HTTPException
 from letta.errors import ErrorCode, LLMAuthenticationError, LLMPermissionDeniedError
 from letta.schemas.providers.azure import AzureProvider
 
-from ketta.patching import Patch
-from ketta.url_guard import guarded_async_client
+from ketta.core.patching import Patch
+from ketta.security.url_guard import guarded_async_client
 
 TARGET = "letta.schemas.providers.azure:AzureProvider.check_api_key"
 CHECK_TIMEOUT_S = 20.0

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 TARGET = "aiohttp.client:ClientSession._request"
 
 
 async def _request(self: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
-    from ketta.url_guard import check_url_async
+    from ketta.security.url_guard import check_url_async
 
     await check_url_async(str(str_or_url), "base_url")
     kwargs["allow_redirects"] = False

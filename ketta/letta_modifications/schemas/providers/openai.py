@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 from letta.schemas.providers.base import Provider
 from letta.schemas.providers.openai import OpenAIProvider
 

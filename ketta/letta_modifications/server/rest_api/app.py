@@ -6,7 +6,7 @@ that logs what was skipped.
 
 Fix of letta-ai/letta#3304: the app's rate-limit handler (a closure inside
 ``create_application``) tells the caller the provider's own error text instead of one fixed
-sentence (:mod:`ketta.llm_errors`).
+sentence (:mod:`ketta.llm.errors`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ketta.llm_errors import rate_limit_message
-from ketta.patching import Patch
+from ketta.llm.errors import rate_limit_message
+from ketta.core.patching import Patch
 
 log = logging.getLogger("ketta")
 
@@ -32,8 +32,8 @@ async def llm_rate_limit_error_handler(request: Any, exc: Any) -> Any:
 
 
 async def llm_error_handler(request: Any, exc: Any) -> Any:
-    """An LLM error without a handler of its own: 502/503/504 naming the provider (:mod:`ketta.upstream_errors`)."""
-    from ketta.upstream_errors import gateway_answer
+    """An LLM error without a handler of its own: 502/503/504 naming the provider (:mod:`ketta.llm.upstream_errors`)."""
+    from ketta.llm.upstream_errors import gateway_answer
 
     return await gateway_answer(request, exc)
 
@@ -46,8 +46,8 @@ async def custom_request_validation_handler(request: Any, exc: Any) -> Any:
     any other validation error is answered by Letta's handler, as before."""
     from fastapi.responses import JSONResponse
 
-    from ketta import patching
-    from ketta.providers import creatable_types
+    from ketta.core import patching
+    from ketta.providers.rules import creatable_types
 
     for error in exc.errors():
         if error.get("type") == "enum" and tuple(error.get("loc", ()))[-1:] == ("provider_type",):

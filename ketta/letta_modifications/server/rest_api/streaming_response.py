@@ -4,7 +4,7 @@ not shielded from cancellation.
 Letta runs a streaming response under ``asyncio.shield`` (``use_asyncio_shield``, on by default),
 so when the client disconnects the agent step and its LLM call go on to the end: with a hanging
 upstream that is the whole read timeout, for nobody. With Ketta's cancel-on-disconnect
-middleware (``ketta/disconnect.py``) the request's work stops when its client leaves; this
+middleware (``ketta/api/disconnect.py``) the request's work stops when its client leaves; this
 streams without the shield, as Letta does with ``use_asyncio_shield`` off. Setting
 ``LETTA_USE_ASYNCIO_SHIELD=true`` explicitly keeps Letta's shield.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 TARGET = "letta.server.rest_api.streaming_response:StreamingResponseWithStatusCode.stream_response"
 

@@ -7,7 +7,7 @@ it in the server process with ``trafilatura``/``requests``, following redirects 
 and returns the page as the tool's result into the agent's history: a user could read the
 server's loopback (the embedded database's neighbours, Ketta's own API with whatever it trusts
 locally), its private network and cloud metadata (SSRF, as CVE-2026-4964 for images). Here the
-page is fetched like an image of a message (:func:`ketta.image_fetch.fetch_checked`: every hop
+page is fetched like an image of a message (:func:`ketta.security.image_fetch.fetch_checked`: every hop
 checked, the connection guarded, ``KETTA_ALLOW_PRIVATE_HOSTS`` the only opening) and converted to
 text locally. Exa's content API is not used: its key would be the operator's (``EXA_API_KEY``).
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ketta import image_fetch
-from ketta.patching import Patch
+from ketta.security import image_fetch
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.tool_executor.builtin_tool_executor:LettaBuiltinToolExecutor.fetch_webpage"
 MAX_PAGE_BYTES = 5 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Patches of ``letta/services/tool_sandbox/local_sandbox.py`` (and the environment gathering of
 ``base.py``): tool code gets a clean environment, a directory under KETTA_HOME and, when the
-server is root, an unprivileged user. The logic and its reasons: :mod:`ketta.tool_isolation`."""
+server is root, an unprivileged user. The logic and its reasons: :mod:`ketta.security.tool_isolation`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 from letta.schemas.enums import SandboxType
 
-from ketta import patching, tool_isolation
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.security import tool_isolation
+from ketta.core.patching import Patch
 
 GATHER = "letta.services.tool_sandbox.base:AsyncToolSandboxBase._gather_env_vars"
 RUN = "letta.services.tool_sandbox.local_sandbox:AsyncToolSandboxLocal.run"

@@ -12,10 +12,10 @@ from mock_moonshot import MockMoonshot
 SCRIPT = """
 import json, sys
 from ketta import letta_modifications
-from ketta.settings import KettaSettings
+from ketta.core.settings import KettaSettings
 letta_modifications.apply_all(KettaSettings())
 from letta.schemas.secret import Secret
-from ketta.letta_modifications.schemas.providers.kimi import KimiProvider
+from ketta.providers.kimi import KimiProvider
 provider = KimiProvider(name="kimi", provider_category="byok", base_url=sys.argv[1], api_key_enc=Secret.from_plaintext(sys.argv[2]))
 print(json.dumps({
     "llm": {c.handle: c.context_window for c in provider.list_llm_models()},

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ketta import patching
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.file_processor.embedder.openai_embedder:OpenAIEmbedder.__init__"
 

@@ -1,0 +1,3 @@
+"""Ketta's own HTTP surface beside Letta's routes: the pools and health routers, the web login,
+the Letta routes closed, the cancel-on-disconnect middleware. Mounted by :mod:`ketta.app`.
+"""
