@@ -479,6 +479,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_env_file.py::test_an_invalid_value_names_the_variable_and_its_source",),
         "An invalid setting is one line naming the variable and where it came from.",
     ),
+    Mutation(
+        "openai-embeddings-unlisted",
+        "ketta/letta_modifications/schemas/providers/openai.py",
+        "    return [config for config in configs if config.embedding_model in listed]",
+        "    return configs",
+        ("tests/letta_modifications/schemas/providers/test_openai_embeddings.py",),
+        "An OpenAI-compatible provider offers only the embedding models its /models names.",
+    ),
+    Mutation(
+        "openai-models-asked-twice",
+        "ketta/letta_modifications/schemas/providers/openai.py",
+        "    pending = _in_flight.get(key)",
+        "    pending = None",
+        ("tests/letta_modifications/services/test_provider_edits.py::test_patch_with_an_accepted_key_stores_it_and_relists",),
+        "One provider's chat and embedding listings share one GET /models.",
+    ),
     # --- CLI commands and the database (issue 22): ketta/db/database.py, ketta/cli.py, ketta/providers/import_env.py
     Mutation(
         "cli-attach-starts-embedded",

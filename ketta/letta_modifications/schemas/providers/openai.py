@@ -9,6 +9,7 @@ every id ``/models`` returns as a chat model, embedding models included.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from ketta.core import patching
@@ -49,6 +50,35 @@ async def _list_llm_models(self: OpenAIProvider, data: list[dict]) -> list:
     return await patching.original(LIST_TARGET)(self, [entry for entry in data if not is_embedding_model(entry)])
 
 
+EMBEDDINGS_TARGET = "letta.schemas.providers.openai:OpenAIProvider.list_embedding_models_async"
+MODELS_TARGET = "letta.schemas.providers.openai:OpenAIProvider._get_models_async"
+
+# provider instance id -> its /models request in flight: the chat and embedding listings, which
+# Ketta runs at once, share one request instead of asking the endpoint twice
+_in_flight: dict[int, asyncio.Future] = {}
+
+
+async def _get_models_async(self: OpenAIProvider) -> list[dict]:
+    """Letta's ``GET /models``; a call made while the same provider's request is in flight joins it."""
+    key = id(self)
+    pending = _in_flight.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(patching.original(MODELS_TARGET)(self))
+        _in_flight[key] = pending
+        pending.add_done_callback(lambda _done: _in_flight.pop(key, None))
+    return await asyncio.shield(pending)
+
+
+async def list_embedding_models_async(self: OpenAIProvider) -> list:
+    """Letta's built-in OpenAI embedding models (ada-002, 3-small, 3-large), only those the
+    endpoint's own ``/models`` names: stock offers all three for every OpenAI-compatible endpoint
+    (and for groq, xai, zai, cerebras, openrouter, deepseek, baseten, which inherit it), and an
+    agent made with one then fails at its first embedding."""
+    configs = await patching.original(EMBEDDINGS_TARGET)(self)
+    listed = {str(entry.get("id")) for entry in await self._get_models_async() if isinstance(entry, dict)}
+    return [config for config in configs if config.embedding_model in listed]
+
+
 PATCHES = [
     Patch(
         target=LIST_TARGET,
@@ -56,6 +86,21 @@ PATCHES = [
         fingerprint="e9ef9c6f3b48afd1",
         setting="no_openai_proxy",
         why="Embedding ids (marked by the upstream or of a known embedding family) are not offered as chat models.",
+    ),
+    Patch(
+        target=MODELS_TARGET,
+        replacement=_get_models_async,
+        fingerprint="9198b727422e18c3",
+        setting="no_openai_proxy",
+        why="The chat and embedding listings of one provider, run at once, share one GET /models.",
+    ),
+    Patch(
+        target=EMBEDDINGS_TARGET,
+        replacement=list_embedding_models_async,
+        fingerprint="5084d5920d247740",
+        setting="no_openai_proxy",
+        why="An OpenAI-compatible provider offers only the embedding models its /models names (stock: OpenAI's three for "
+            "every such endpoint, which then fail at the first embedding).",
     ),
     Patch(
         target="letta.schemas.providers.openai:OpenAIProvider.get_handle",
