@@ -27,7 +27,7 @@ def test_the_sample_start_block_shows_todays_patch_count_and_schema() -> None:
     block = readme_block("start-block")
     enabled = sum(1 for row in letta_modifications.status_from_source(KettaSettings()) if row.enabled)
     assert f"  patches:  {enabled} applied ('ketta patches' lists them)" in block.splitlines(), (enabled, block)
-    head = sorted(p.stem for p in (REPO / "ketta" / "migrations" / "versions").glob("0*.py"))[-1]
+    head = sorted(p.stem for p in (REPO / "ketta" / "db" / "migrations" / "versions").glob("0*.py"))[-1]
     assert re.search(r"^  database: .*, schema " + re.escape(head) + "$", block, re.M), (head, block)
     assert block.splitlines()[0].startswith("Starting Ketta "), "the line said at once comes first"
 
