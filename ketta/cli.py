@@ -267,6 +267,7 @@ def _echo_patch_row(row: "Any", switch: str, covered: dict[str, list[str]]) -> N
     typer.echo(f"{state} {row.patch.target:<75} {switch:<18} {match}")
     typer.echo(f"      {row.patch.why}")
     typer.echo(f"      Letta's tests: {_upstream_summary(row.patch, covered.get(row.patch.target))}")
+    typer.echo(f"      declared in {row.module}")
 
 
 def _upstream_summary(patch: "Patch", tests: list[str] | None) -> str:

@@ -89,7 +89,8 @@ def test_verify_command_passes_on_the_pinned_letta():
     assert "patches match the installed Letta" in result.stdout
 
 
-def test_apply_all_refuses_drift_unless_allowed(monkeypatch, scratch_module):
+def test_apply_all_refuses_drift_or_skips_the_drifted_patch_never_applies_it(monkeypatch, scratch_module, caplog):
+    """A drifted patch stops the start; KETTA_ALLOW_PATCH_DRIFT=true starts with it skipped, said in one line."""
     drifting = make_patch(fingerprint="0" * 16)
     module = types.ModuleType("ketta_scratch_patches")
     module.PATCHES = [drifting]
@@ -98,10 +99,13 @@ def test_apply_all_refuses_drift_unless_allowed(monkeypatch, scratch_module):
     with pytest.raises(letta_modifications.PatchDriftError, match="Greeter.greet"):
         letta_modifications.apply_all(KettaSettings())
     assert scratch_module.Greeter().greet() == "stock"
-    applied = letta_modifications.apply_all(KettaSettings(allow_patch_drift=True))
-    assert applied == [drifting] and scratch_module.Greeter().greet() == "ketta"
-    letta_modifications.revert_all()
-    assert scratch_module.Greeter().greet() == "stock"
+    monkeypatch.setattr(letta_modifications, "skipped", [])
+    with caplog.at_level("WARNING", logger="ketta"):
+        applied = letta_modifications.apply_all(KettaSettings(allow_patch_drift=True))
+    assert applied == [] and scratch_module.Greeter().greet() == "stock", "a drifted patch is never applied blind"
+    assert letta_modifications.skipped == [drifting]
+    [line] = [r.getMessage() for r in caplog.records if "SKIPPED" in r.getMessage()]
+    assert "ketta_scratch_upstream:Greeter.greet (ketta_scratch_patches) SKIPPED: upstream source changed" in line
 
 
 def test_disabled_setting_leaves_upstream_untouched(monkeypatch, scratch_module):
@@ -183,3 +187,20 @@ def test_fingerprints_still_guard_against_a_different_installed_letta(tmp_path, 
     with pytest.raises(patch_source.NotStatic):
         patch_source.drift(patch_source.Declared(target=f"ketta_fp_changed.app:{handler}", fingerprint=written_against,
                                                  setting="letta_fixes", why="test", mode="exception_handler"))
+
+
+def test_ketta_patches_names_the_module_that_declares_each_patch():
+    """Every row of ``ketta patches`` says where its declaration lives, so a reader goes there directly."""
+    from typer.testing import CliRunner
+
+    from ketta.cli import app
+
+    listed = CliRunner().invoke(app, ["patches"])
+    assert listed.exit_code == 0, listed.output
+    declared = {row.patch.target: row.module for row in letta_modifications.status_from_source(KettaSettings())}
+    lines = listed.output.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.startswith(("on ", "off"))]
+    assert len(rows) == len(declared)
+    for i in rows:
+        target = lines[i].split()[1]
+        assert lines[i + 3].strip() == f"declared in {declared[target]}", lines[i:i + 4]

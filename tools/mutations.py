@@ -993,6 +993,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_operator_keys.py::test_web_search_never_spends_the_operator_s_exa_key",),
         "web_search does not spend the operator's EXA_API_KEY unless KETTA_SHARE_SEARCH_KEYS is on.",
     ),
+    # --- the house by concern (issue 20): drift, layering
+    Mutation(
+        "drift-applied-blind",
+        "ketta/letta_modifications/__init__.py",
+        "                skipped.append(patch)\n                continue\n",
+        "                skipped.append(patch)\n",
+        ("tests/test_patching.py::test_apply_all_refuses_drift_or_skips_the_drifted_patch_never_applies_it",),
+        "With KETTA_ALLOW_PATCH_DRIFT=true a drifted patch is skipped (Letta's own code runs), never applied blind.",
+    ),
+    Mutation(
+        "patches-module-unnamed",
+        "ketta/cli.py",
+        '    typer.echo(f"      declared in {row.module}")',
+        '    typer.echo(f"      declared in {row.patch.module_name}")',
+        ("tests/test_patching.py::test_ketta_patches_names_the_module_that_declares_each_patch",),
+        "`ketta patches` names the Ketta module that declares each patch.",
+    ),
+    Mutation(
+        "layering-check-blind",
+        "tests/test_architecture.py",
+        "            if LAYERS.index(there) > LAYERS.index(here):",
+        "            if False:",
+        ("tests/test_architecture.py::test_the_check_catches_an_upward_import",),
+        "An import that runs upward (a domain module importing a patch module) is reported.",
+    ),
 )
 
 

@@ -123,7 +123,7 @@ class KettaSettings(BaseSettings):
     db_pgbouncer: bool = Field(default=False, description="The database is reached through PgBouncer in transaction mode (no prepared-statement cache).")
     letta_fixes: bool = Field(default=True, description="Carry Ketta's fixes of Letta 0.16.8 bugs that upstream never released (patches of kind 'fix'); false: Letta's own behaviour.")
     skip_fixes: str = Field(default="", description="Comma list of upstream references (e.g. 'letta-ai/letta#3144' or '3144') whose fix stays off.")
-    allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written.")
+    allow_patch_drift: bool = Field(default=False, description="Start even if an upstream target changed since its patch was written: each drifted patch is skipped (Letta's own code runs for it), never applied blind.")
     provider_health: bool = Field(default=True, description="Record every LLM/embedding call's outcome per provider; GET /v1/providers/{id}/health.")
     provider_health_window: float = Field(default=300.0, gt=0, description="Seconds of recent calls the health answer covers (error rate, latency).")
     provider_health_flush: float = Field(default=5.0, gt=0, description="At most this often (s) each worker writes its providers' health to the database.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -58,6 +59,12 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.providers.ollama",
     "ketta.letta_modifications.schemas.providers.azure",
 )
+
+
+log = logging.getLogger("ketta")
+
+# Patches skipped at start because their upstream target drifted (KETTA_ALLOW_PATCH_DRIFT=true).
+skipped: list[Patch] = []
 
 
 class PatchDriftError(RuntimeError):
@@ -131,7 +138,9 @@ def verify() -> list[PatchStatus]:
 
 
 def apply_all(settings: KettaSettings) -> list[Patch]:
-    """Apply every enabled patch, module by module; refuse on drift unless allowed."""
+    """Apply every enabled patch, module by module. A drifted patch is never applied blind: the
+    start is refused, or with KETTA_ALLOW_PATCH_DRIFT=true that patch is skipped (Letta's own code
+    runs for its target) with one warning line naming it."""
     applied: list[Patch] = []
     for module_name in PATCH_MODULES:
         module = importlib.import_module(module_name)
@@ -142,8 +151,15 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
             if problem and not settings.allow_patch_drift:
                 raise PatchDriftError(
                     f"Patch {patch.target} ({module_name}): {problem}. Run 'ketta patches verify' and review the "
-                    "patch against the installed Letta, or set KETTA_ALLOW_PATCH_DRIFT=true to start anyway."
+                    "patch against the installed Letta, or set KETTA_ALLOW_PATCH_DRIFT=true to start with the drifted "
+                    "patches skipped (Letta's own code runs for them)."
                 )
+            if problem:
+                log.warning("Patch %s (%s) SKIPPED: %s; Letta's own code runs for it (KETTA_ALLOW_PATCH_DRIFT=true, "
+                            "setting %s). Review it with 'ketta patches verify'.", patch.target, module_name, problem,
+                            patch.setting)
+                skipped.append(patch)
+                continue
             if patching.apply(patch):
                 applied.append(patch)
         finish = getattr(module, "after_apply", None)
