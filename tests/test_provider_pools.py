@@ -265,6 +265,7 @@ def test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing(sha
         a, b = members[0]["name"], members[1]["id"]  # by name and by id
         cases = {
             "empty": ([], "non-empty list"),
+            "a blank name": ([a, "  "], "non-empty list"),
             "21 members": ([f"p{n}" for n in range(21)], "at most 20"),
             "unknown": ([a, "no-such-provider"], "'no-such-provider'"),
             "a pool": ([a, pool["name"]], "is a pool"),

@@ -665,6 +665,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         'A pool has at least one member (400 otherwise).',
     ),
     Mutation(
+        'pool-blank-member-name',
+        'ketta/provider_pools.py',
+        'not all(isinstance(r, str) and r.strip() for r in refs):',
+        'not all(isinstance(r, str) for r in refs):',
+        ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
+        'A pool member is named by a non-blank name or id (400 saying so, not a lookup of an empty name).',
+    ),
+    Mutation(
         "secrets-stay-in-environ",
         "ketta/app.py",
         "    names = server_secrets.take_from_environment()",
