@@ -666,7 +666,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         'pool-blank-member-name',
-        'ketta/provider_pools.py',
+        'ketta/providers/pools.py',
         'not all(isinstance(r, str) and r.strip() for r in refs):',
         'not all(isinstance(r, str) for r in refs):',
         ('tests/test_provider_pools.py::test_each_pool_rule_refuses_with_400_on_create_and_patch_storing_nothing',),
