@@ -267,7 +267,8 @@ def _echo_patch_row(row: "Any", switch: str, covered: dict[str, list[str]]) -> N
     typer.echo(f"{state} {row.patch.target:<75} {switch:<18} {match}")
     typer.echo(f"      {row.patch.why}")
     typer.echo(f"      Letta's tests: {_upstream_summary(row.patch, covered.get(row.patch.target))}")
-    typer.echo(f"      declared in {row.module}")
+    written_for = f"; written for {row.patch.requires}" if row.patch.requires else ""
+    typer.echo(f"      declared in {row.module}{written_for}")
 
 
 def _upstream_summary(patch: "Patch", tests: list[str] | None) -> str:

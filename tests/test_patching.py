@@ -203,4 +203,20 @@ def test_ketta_patches_names_the_module_that_declares_each_patch():
     assert len(rows) == len(declared)
     for i in rows:
         target = lines[i].split()[1]
-        assert lines[i + 3].strip() == f"declared in {declared[target]}", lines[i:i + 4]
+        assert lines[i + 3].strip().split(";")[0] == f"declared in {declared[target]}", lines[i:i + 4]
+
+
+def test_sdk_targets_carry_their_version_range_and_another_version_is_drift(scratch_module):
+    """Patches of the openai/anthropic SDKs name the release range they were written for; outside it, drift."""
+    rows = letta_modifications.status_from_source(KettaSettings())
+    sdk = [row.patch for row in rows if row.patch.target.startswith(("openai.", "anthropic."))]
+    assert len(sdk) >= 8
+    for patch in sdk:
+        assert patch.requires.split(">=")[0] == patch.target.split(".")[0], patch.target
+        assert patching.drift(patch) is None
+    live = patching.current_fingerprint(make_patch(fingerprint=""))
+    from dataclasses import replace
+
+    too_new = replace(make_patch(fingerprint=live), requires="openai>=99")
+    assert patching.drift(too_new).startswith("written for openai>=99, installed openai ")
+    assert "not installed" in patching.drift(replace(too_new, requires="no-such-distribution-xyz>=1"))

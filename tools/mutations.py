@@ -1013,10 +1013,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "patches-module-unnamed",
         "ketta/cli.py",
-        '    typer.echo(f"      declared in {row.module}")',
-        '    typer.echo(f"      declared in {row.patch.module_name}")',
+        '    typer.echo(f"      declared in {row.module}{written_for}")',
+        '    typer.echo(f"      declared in {row.patch.module_name}{written_for}")',
         ("tests/test_patching.py::test_ketta_patches_names_the_module_that_declares_each_patch",),
         "`ketta patches` names the Ketta module that declares each patch.",
+    ),
+    Mutation(
+        "sdk-version-range-ignored",
+        "ketta/core/patching.py",
+        "    problem = requirement_problem(patch.requires)\n    if problem:\n        return problem\n    try:",
+        "    try:",
+        ("tests/test_patching.py::test_sdk_targets_carry_their_version_range_and_another_version_is_drift",),
+        "A patch of the openai/anthropic SDK drifts when the installed SDK is outside the range it was written for.",
     ),
     Mutation(
         "layering-check-blind",

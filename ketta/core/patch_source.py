@@ -23,7 +23,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-DECLARED_FIELDS = ("target", "fingerprint", "setting", "why", "mode", "kind", "upstream")
+DECLARED_FIELDS = ("target", "fingerprint", "setting", "why", "mode", "kind", "upstream", "requires")
 LOCALS = ".<locals>."
 
 
@@ -38,6 +38,7 @@ class Declared:
     mode: str = "replace"
     kind: str = "feature"
     upstream: str = ""
+    requires: str = ""
 
 
 class NotStatic(LookupError):
@@ -244,6 +245,11 @@ def defined_upstream(declared: Declared) -> bool:
 
 def drift(declared: Declared) -> str | None:
     """None if the installed upstream matches, else what changed; NotStatic if it cannot tell."""
+    from ketta.core.patching import requirement_problem
+
+    problem = requirement_problem(declared.requires)
+    if problem:
+        return problem
     found = fingerprint(declared)
     if found != declared.fingerprint:
         raise NotStatic(f"fingerprint {found} differs: confirm by importing")

@@ -52,6 +52,9 @@ class Patch:
     # (KETTA_LETTA_FIXES, KETTA_SKIP_FIXES) and listed apart by ``ketta patches``.
     kind: str = "feature"
     upstream: str = ""
+    # A target outside Letta (the openai/anthropic SDKs) names the distribution range it was written
+    # for ("openai>=2.54,<3"), as OpenTelemetry's instrumentors do: another version is drift.
+    requires: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -133,8 +136,29 @@ def current_fingerprint(patch: Patch) -> str:
     return source_fingerprint(obj)
 
 
+def requirement_problem(requires: str) -> str | None:
+    """None if the installed distribution satisfies ``requires`` ("openai>=2.54,<3"), else what differs."""
+    if not requires:
+        return None
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wanted = Requirement(requires)
+    try:
+        installed = metadata.version(wanted.name)
+    except metadata.PackageNotFoundError:
+        return f"written for {requires}, {wanted.name} is not installed"
+    if not wanted.specifier.contains(installed, prereleases=True):
+        return f"written for {requires}, installed {wanted.name} {installed}"
+    return None
+
+
 def drift(patch: Patch) -> str | None:
-    """None if the installed upstream still matches the patch, else what changed."""
+    """None if the installed upstream still matches the patch (and its declared version range), else what changed."""
+    problem = requirement_problem(patch.requires)
+    if problem:
+        return problem
     try:
         found = current_fingerprint(patch)
     except (PatchTargetMissing, ImportError) as exc:

@@ -123,7 +123,7 @@ def status_from_source(settings: KettaSettings) -> list[PatchStatus]:
             continue
         for found in declared:
             patch = Patch(target=found.target, replacement=None, fingerprint=found.fingerprint, setting=found.setting,
-                          why=found.why, mode=found.mode, kind=found.kind, upstream=found.upstream)
+                          why=found.why, mode=found.mode, kind=found.kind, upstream=found.upstream, requires=found.requires)
             try:
                 problem = patch_source.drift(found)
             except patch_source.NotStatic:

@@ -115,6 +115,9 @@ WHY = ("Anthropic-type providers with a base_url (Anthropic-compatible endpoints
        "streaming and tool use included; the stored base_url is read per call.")
 
 
+# The SDK release range these patches were written for (constraints.txt pins anthropic==2.12.0):
+# another installed version is drift, however the fingerprints compare.
+ANTHROPIC_SDK = "anthropic>=2.12,<3"
 ASYNC_TARGET = "anthropic._client:AsyncAnthropic.__init__"
 SYNC_TARGET = "anthropic._client:Anthropic.__init__"
 BOUNDED_WHY = "Anthropic calls reuse one HTTP client per endpoint and are bounded by KETTA_LLM_CONNECT_TIMEOUT/READ_TIMEOUT/MAX_RETRIES."
@@ -124,14 +127,14 @@ PATCHES = [
         target="anthropic._base_client:AsyncHttpxClientWrapper",
         replacement=GuardedAsyncHttpxClientWrapper,
         fingerprint="c7c8cff088734ad0",
-        setting="url_guard",
+        setting="url_guard", requires=ANTHROPIC_SDK,
         why=GUARD_WHY,
     ),
     Patch(
         target="anthropic._base_client:SyncHttpxClientWrapper",
         replacement=GuardedSyncHttpxClientWrapper,
         fingerprint="8e52ed05d20ed1a0",
-        setting="url_guard",
+        setting="url_guard", requires=ANTHROPIC_SDK,
         why=GUARD_WHY,
     ),
     Patch(target=f"{TARGET}.build_request_data", replacement=build_request_data, fingerprint="6eac78dc621b777e",
@@ -143,7 +146,7 @@ PATCHES = [
     Patch(target=f"{TARGET}._get_anthropic_client_async", replacement=_get_anthropic_client_async,
           fingerprint="f773d66b4c47cc08", setting="unified_providers", why=WHY),
     Patch(target=ASYNC_TARGET, replacement=bounded_init(ASYNC_TARGET, "httpx2", True, "ANTHROPIC_BASE_URL", ANTHROPIC_DEFAULT_BASE_URL),
-          fingerprint="f8692b3323b7bce5", setting="bounded_llm_calls", why=BOUNDED_WHY),
+          fingerprint="f8692b3323b7bce5", setting="bounded_llm_calls", requires=ANTHROPIC_SDK, why=BOUNDED_WHY),
     Patch(target=SYNC_TARGET, replacement=bounded_init(SYNC_TARGET, "httpx2", False, "ANTHROPIC_BASE_URL", ANTHROPIC_DEFAULT_BASE_URL),
-          fingerprint="d413ca111724e5b8", setting="bounded_llm_calls", why=BOUNDED_WHY),
+          fingerprint="d413ca111724e5b8", setting="bounded_llm_calls", requires=ANTHROPIC_SDK, why=BOUNDED_WHY),
 ]

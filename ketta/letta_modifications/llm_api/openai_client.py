@@ -59,6 +59,9 @@ class GuardedSyncHttpxClientWrapper(sdk.SyncHttpxClientWrapper):
 
 GUARD_WHY = "OpenAI SDK clients Letta builds connect only to addresses the URL guard allows (private hosts, DNS rebinding, redirects)."
 
+# The SDK release range these patches were written for (constraints.txt pins openai==2.54.0):
+# another installed version is drift, however the fingerprints compare.
+OPENAI_SDK = "openai>=2.54,<3"
 ASYNC_SDK_TARGET = "openai._client:AsyncOpenAI.__init__"
 SYNC_SDK_TARGET = "openai._client:OpenAI.__init__"
 EMBEDDINGS_TARGET = "letta.llm_api.openai_client:OpenAIClient.request_embeddings"
@@ -110,14 +113,14 @@ PATCHES = [
         target="openai._base_client:AsyncHttpxClientWrapper",
         replacement=GuardedAsyncHttpxClientWrapper,
         fingerprint="c7c8cff088734ad0",
-        setting="url_guard",
+        setting="url_guard", requires=OPENAI_SDK,
         why=GUARD_WHY,
     ),
     Patch(
         target="openai._base_client:SyncHttpxClientWrapper",
         replacement=GuardedSyncHttpxClientWrapper,
         fingerprint="8e52ed05d20ed1a0",
-        setting="url_guard",
+        setting="url_guard", requires=OPENAI_SDK,
         why=GUARD_WHY,
     ),
     Patch(
@@ -128,7 +131,7 @@ PATCHES = [
         why="The embedding provider's key is read and decrypted off the event loop before Letta's synchronous client set-up.",
     ),
     Patch(target=ASYNC_SDK_TARGET, replacement=bounded_init(ASYNC_SDK_TARGET, "httpx", True, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
-          fingerprint="d344730b9de46aee", setting="bounded_llm_calls", why=SDK_PATCH_WHY),
+          fingerprint="d344730b9de46aee", setting="bounded_llm_calls", requires=OPENAI_SDK, why=SDK_PATCH_WHY),
     Patch(target=SYNC_SDK_TARGET, replacement=bounded_init(SYNC_SDK_TARGET, "httpx", False, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
-          fingerprint="92ca416353eee20b", setting="bounded_llm_calls", why=SDK_PATCH_WHY),
+          fingerprint="92ca416353eee20b", setting="bounded_llm_calls", requires=OPENAI_SDK, why=SDK_PATCH_WHY),
 ]
