@@ -125,3 +125,28 @@ def test_a_message_never_uses_another_organization_s_key(orgs, mocks):
         assert KEY_A not in {r.api_key for r in llm_a.requests}
     else:
         assert borrowed.status_code in (400, 404), borrowed.text
+
+
+def test_listing_all_messages_shows_only_the_caller_s_organization(orgs, mocks):
+    """GET /v1/messages/ ("across all agents") had no organization filter in Letta 0.16.8: B's
+    token listed A's conversations. Under /v1 and /latest, with and without a cursor."""
+    a, b = orgs["client_a"], orgs["client_b"]
+    secret = f"A's private words {uuid.uuid4().hex[:8]}"
+    mine = f"B's own words {uuid.uuid4().hex[:8]}"
+    agent_a = a.post("/v1/agents/", json={"name": "iso-talker-a", "model": "iso a1/mock-chat-1",
+                                           "embedding": "iso a1/text-embedding-3-small", "include_base_tools": False})
+    assert agent_a.status_code == 200, agent_a.text
+    sent = a.post(f"/v1/agents/{agent_a.json()['id']}/messages", json={"messages": [{"role": "user", "content": secret}]})
+    assert sent.status_code == 200, sent.text
+    agent_b = b.post("/v1/agents/", json={"name": "iso-talker-b", "model": "iso b1/mock-chat-1",
+                                           "embedding": "iso b1/text-embedding-3-small", "include_base_tools": False})
+    assert b.post(f"/v1/agents/{agent_b.json()['id']}/messages", json={"messages": [{"role": "user", "content": mine}]}).status_code == 200
+    a_ids = [m["id"] for m in a.get(f"/v1/agents/{agent_a.json()['id']}/messages").json()]
+    assert a_ids and secret in a.get("/v1/messages/", params={"limit": 1000}).text  # A sees its own
+    for prefix in ("/v1", "/latest"):
+        listed = b.get(f"{prefix}/messages/", params={"limit": 1000})
+        assert listed.status_code == 200, listed.text
+        assert mine in listed.text, "B's own messages are listed"
+        assert secret not in listed.text and not any(i in listed.text for i in a_ids), f"{prefix}/messages/ shows A's messages"
+        paged = b.get(f"{prefix}/messages/", params={"after": a_ids[0], "limit": 1000})
+        assert secret not in paged.text and not (paged.status_code == 200 and any(i in paged.text for i in a_ids)), paged.text[:300]

@@ -1034,6 +1034,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_architecture.py::test_the_check_catches_an_upward_import",),
         "An import that runs upward (a domain module importing a patch module) is reported.",
     ),
+    Mutation(
+        "org-messages-any-org",
+        "ketta/organization_scope.py",
+        "    if organization_id is None or not state.is_select:",
+        "    if True:",
+        ("tests/test_org_isolation.py::test_listing_all_messages_shows_only_the_caller_s_organization",),
+        "GET /v1/messages/ lists the caller's organization's messages only (Letta 0.16.8 listed every organization's).",
+    ),
 )
 
 

@@ -95,6 +95,8 @@ class KettaSettings(BaseSettings):
         description="Letta's built-in web_search/fetch_webpage tools may use the operator's EXA_API_KEY/TAVILY_API_KEY for every "
         "user's agents (off: withheld from Letta; an agent's own EXA_API_KEY tool variable still works).",
     )
+    organization_scope: bool = Field(default=True, description="Letta queries without an organization filter (GET /v1/messages/ listed every "
+                                     "organization's messages) see the caller's organization only.")
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")

@@ -47,6 +47,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.helpers.crypto_utils",
     "ketta.letta_modifications.schemas.providers.anthropic",
     "ketta.letta_modifications.services.conversation_manager",
+    "ketta.letta_modifications.services.message_manager",
     "ketta.letta_modifications.services.files_agents_manager",
     "ketta.letta_modifications.services.organization_manager",
     "ketta.letta_modifications.services.user_manager",
