@@ -1036,7 +1036,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "org-messages-any-org",
-        "ketta/organization_scope.py",
+        "ketta/security/organization_scope.py",
         "    if organization_id is None or not state.is_select:",
         "    if True:",
         ("tests/test_org_isolation.py::test_listing_all_messages_shows_only_the_caller_s_organization",),

@@ -2,16 +2,16 @@
 
 Stock ``list_messages`` without ``agent_id`` (``GET /v1/messages/`` and ``/latest/messages/``)
 has no organization filter: a user token of one organization listed every organization's
-messages. See :mod:`ketta.organization_scope`.
+messages. See :mod:`ketta.security.organization_scope`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ketta import patching
-from ketta.organization_scope import organization_only
-from ketta.patching import Patch
+from ketta.core import patching
+from ketta.security.organization_scope import organization_only
+from ketta.core.patching import Patch
 
 TARGET = "letta.services.message_manager:MessageManager.list_messages"
 
