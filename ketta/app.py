@@ -218,6 +218,10 @@ def create_app() -> FastAPI:
                 from ketta.api.pools import router as pools_router
 
                 app.include_router(pools_router)
+        if get_settings().usage_ledger:
+            from ketta.api import usage as usage_api
+
+            usage_api.install(app)  # GET /v1/usage/, /v1/ketta/budgets, /v1/ketta/prices; a spent budget answers 429
         install_response_scrubbing(app)
         install_log_scrubbing()
         user_tokens.mount(app)

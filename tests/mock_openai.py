@@ -124,6 +124,12 @@ class MockOpenAI:
     hang: bool = False  # chat completions are never answered (see the module docstring)
     responses_refuse_user: bool = False  # POST /v1/responses with 'user' answers 400 (see the module docstring)
     force_tool: str | None = None  # call this tool (when offered) once per conversation, whatever tool_choice says
+    # The usage object every chat completion reports (blocking: ``usage``; streamed: the last
+    # chunk's, when the caller asks with stream_options.include_usage), e.g. with
+    # prompt_tokens_details.cached_tokens / completion_tokens_details.reasoning_tokens; None: counted
+    # from the text. ``usage_in_choice``: streamed the way Moonshot does, inside the final choice.
+    usage: dict[str, Any] | None = None
+    usage_in_choice: bool = False
 
     def __post_init__(self) -> None:
         self._hangs: list[Hang] = []
@@ -451,6 +457,8 @@ class _Handler(BaseHTTPRequestHandler):
         completion_tokens = max(1, len(reply) // 4)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
+        if self.mock.usage is not None:
+            usage = json.loads(json.dumps(self.mock.usage))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(completion_id, model, reply, tool_call, usage if include_usage else None)
@@ -495,7 +503,9 @@ class _Handler(BaseHTTPRequestHandler):
             events.extend(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
                           for piece in _pieces(function["arguments"]))
             events.append(chunk({}, "tool_calls"))
-        if usage is not None:
+        if self.mock.usage_in_choice and self.mock.usage is not None:
+            events[-1]["choices"][0]["usage"] = json.loads(json.dumps(self.mock.usage))
+        elif usage is not None:
             events.append({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                            "choices": [], "usage": usage})
         if failure is not None:

@@ -22,6 +22,7 @@ LAYERS: tuple[str, ...] = (
     "db",                   # the database, its engine, migrations
     "security",             # login, tokens, URL guard, redaction, keyring, tool isolation
     "llm",                  # HTTP clients to LLM endpoints, the errors a caller sees
+    "usage",                # the usage ledger, prices and budgets (recorded by providers.routing)
     "providers",            # provider rules, keys, pools, health, fallback, routing, Kimi
     "api",                  # Ketta's own REST routers and middleware
     "letta_modifications",  # the declared patches: thin, calling into the packages above

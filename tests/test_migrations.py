@@ -20,9 +20,10 @@ from ketta.db import migrations
 from ketta.db.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0008_provider_pools"
+HEAD = "0009_usage_ledger"
 KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE,
-                "ketta_user_tokens", "ketta_pool_members")
+                "ketta_user_tokens", "ketta_pool_members", "ketta_usage", "ketta_usage_prices", "ketta_usage_budgets",
+                "ketta_usage_budget_spend")
 DEFAULT_ORG = "org-00000000-0000-4000-8000-000000000000"
 
 
@@ -139,7 +140,8 @@ def test_adopts_letta_made_database_without_schema_change(database_uri: str, eng
 
     after = migrations.snapshot_database(database_uri, exclude_tables=(migrations.VERSION_TABLE, "ketta_provider_health",
                                                                        migrations.ENCRYPTION_CHECK_TABLE, "ketta_user_tokens",
-                                                                       "ketta_pool_members"))
+                                                                       "ketta_pool_members", "ketta_usage", "ketta_usage_prices",
+                                                                       "ketta_usage_budgets", "ketta_usage_budget_spend"))
     assert_no_schema_difference(after, before)
     assert migrations.current(database_uri) == HEAD
     with engine.connect() as conn:
@@ -253,6 +255,9 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     make_letta_database(engine)  # adopted: Letta's alembic_version goes too
     migrations.upgrade(database_uri)
 
+    migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0008_provider_pools"
+    assert not table_exists(engine, "ketta_usage") and not table_exists(engine, "ketta_usage_budgets")
     migrations.downgrade(database_uri, "-1")
     assert migrations.current(database_uri) == "0007_user_tokens"
     assert not table_exists(engine, "ketta_pool_members")

@@ -132,6 +132,7 @@ class KettaSettings(BaseSettings):
     provider_cooldown: float = Field(default=30.0, ge=0, description="Seconds a provider that answered 429 without Retry-After is skipped (0: never).")
     provider_fallback: bool = Field(default=True, description="Agents' metadata.ketta_fallback_handles take over a failed call (needs provider_health).")
     provider_pools: bool = Field(default=True, description="Provider pools (/v1/pools/): one handle over several providers of the same models, calls spread over them.")
+    usage_ledger: bool = Field(default=True, description="Record every LLM call's tokens and cost (ketta_usage), enforce budgets, serve GET /v1/usage; false: no ledger, no budgets.")
     web_app_dir: str = Field(default="", description="Serve this built web app (Klui's build/web) at / behind a login page; its same-origin calls use the session cookie. Empty: no web app, no cookie login.")
     web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Hours a web login (session cookie) lasts.")
     gateway_errors: bool = Field(default=True, description="A blocking message whose LLM provider failed answers 502/503/504 naming the provider (with its Retry-After), not Letta's 500.")

@@ -42,6 +42,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.llm_api.llm_client",
     "ketta.letta_modifications.services.agent_manager",
     "ketta.letta_modifications.adapters.letta_llm_stream_adapter",
+    "ketta.letta_modifications.adapters.letta_llm_adapter",
     "ketta.letta_modifications.agents.letta_agent_v2",
     "ketta.letta_modifications.services.step_manager",
     "ketta.letta_modifications.helpers.crypto_utils",

@@ -21,6 +21,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 from ketta.providers import fallback as provider_fallback, health as provider_health, pools as provider_pools
+from ketta.usage import context as usage_context
+from ketta.usage import ledger as usage_ledger
 
 WRAPPED = "_ketta_instrumented"
 
@@ -159,7 +161,27 @@ class RecordedStream:
         self._iterator = replacement.__aiter__()
 
 
+async def _describe_provider(name: str, organization_id: str) -> tuple[str | None, str | None] | None:
+    """The provider row's type and base_url, for pricing a ledger row (read once per request anyway)."""
+    from ketta.providers.keys import provider_row_async
+
+    row = await provider_row_async(name, organization_id)
+    return (row.provider_type, row.base_url) if row.found else None
+
+
+async def _send_elsewhere(*args: Any, **kwargs: Any) -> Any:
+    """:func:`provider_fallback.send_elsewhere`, its calls marked as a fallback's in the usage ledger."""
+    marked = usage_context.via_fallback.set(True)
+    try:
+        return await provider_fallback.send_elsewhere(*args, **kwargs)
+    finally:
+        usage_context.via_fallback.reset(marked)
+
+
 def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) -> Callable:
+    if sendable and usage_ledger.enabled():  # each attempt (own provider, pool member, fallback) is a ledger row
+        method = usage_ledger.wrap(client, method, stream, _describe_provider, provider_health.status_class)
+
     @functools.wraps(method)
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         organization, provider = _organization(client), provider_of(_config(args, kwargs))
@@ -170,7 +192,7 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
             client._ketta_answer = None
         if fallbacks and len(args) >= 2 and provider_health.cooling_until(organization, provider):
             try:  # the primary asked for a pause: its fallbacks first, the primary only if none answers
-                return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], None, kwargs)
+                return await _send_elsewhere(client, method.__name__, args[0], args[1], None, kwargs)
             except provider_fallback.NoAnswer:
                 pass
             except Exception as exc:
@@ -186,14 +208,14 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         except Exception as exc:
             provider_health.record(organization, provider, exc, time.perf_counter() - started)
             if fallbacks and len(args) >= 2 and provider_fallback.retriable(exc):
-                return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], exc, kwargs)
+                return await _send_elsewhere(client, method.__name__, args[0], args[1], exc, kwargs)
             raise
         provider_health.record(organization, provider, None, time.perf_counter() - started)
         if stream and hasattr(result, "__aiter__"):
             reopen = None
             if fallbacks and len(args) >= 2:
                 async def reopen(error: BaseException) -> tuple[Any, str | None]:
-                    return await provider_fallback.send_elsewhere(client, method.__name__, args[0], args[1], error, kwargs), None
+                    return await _send_elsewhere(client, method.__name__, args[0], args[1], error, kwargs), None
             return RecordedStream(result, organization, provider, reopen)
         return result
 
@@ -213,11 +235,15 @@ async def _via_pool(client: Any, method: Callable, stream: bool, args: tuple, kw
     request_data, llm_config, rest = args[0], args[1], args[2:]
 
     async def attempt(config: Any) -> Any:
-        return await method(request_data, config, *rest, **kwargs)
+        member_of = usage_context.via_pool.set(pool)
+        try:
+            return await method(request_data, config, *rest, **kwargs)
+        finally:
+            usage_context.via_pool.reset(member_of)
 
     async def elsewhere(error: BaseException) -> Any:
         if fallbacks and provider_fallback.retriable(error):
-            return await provider_fallback.send_elsewhere(client, method.__name__, request_data, llm_config, error, kwargs)
+            return await _send_elsewhere(client, method.__name__, request_data, llm_config, error, kwargs)
         raise error
 
     try:

@@ -50,6 +50,7 @@ PUBLIC_PATHS = frozenset({"/v1/health", "/v1/health/", "/latest/health", "/lates
 ADMIN_PREFIXES = ("/v1/admin/", "/v1/ketta/", "/latest/admin/", "/latest/ketta/")
 ADMIN_PATHS = frozenset({"/v1/admin", "/v1/ketta", "/latest/admin", "/latest/ketta"})
 USER_ID_HEADER = b"user_id"
+PRINCIPAL = "ketta.principal"  # scope key: who the request's token belongs to (routes that scope by caller read it)
 SESSION_PRINCIPAL = "ketta.session_principal"  # scope key ketta.api.web_login sets for a valid same-origin session cookie
 # Fields through which a Letta route may take whom it acts as (found by walking /openapi.json,
 # see tests/test_identity_and_env_keys.py): field name -> what it names.
@@ -197,6 +198,7 @@ class TokenAuth:
         if principal is None:
             await _deny(scope, send, 401, UNAUTHORIZED_DETAIL, {b"www-authenticate": b'Bearer realm="ketta"'})
             return
+        scope[PRINCIPAL] = principal
         if principal.is_admin:
             await self.app(scope, receive, send)
             return

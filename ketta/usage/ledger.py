@@ -1,0 +1,251 @@
+"""The usage ledger: one ``ketta_usage`` row per LLM call attempt, written where the call is sent.
+
+:func:`wrap` is applied by :mod:`ketta.providers.routing` to a client's raw ``request_async`` /
+``stream_async``, *inside* its fallback and pool routing, so every attempt is a row of its own:
+the agent's provider, each pool member tried (``pool`` names the pool) and each fallback handle
+(``fallback`` true), failed ones included (``status`` 'error' with its status class, tokens
+unknown). Tokens are the provider's own usage report (:mod:`ketta.usage.tokens`): a blocking
+answer's ``usage``, a stream's usage read as its chunks pass; a stream is recorded when it ends,
+breaks, or is closed unfinished ('incomplete', with what it reported so far).
+
+Before a call is sent, the budgets it counts for are read (:mod:`ketta.usage.budgets`); a spent
+hard budget refuses it (a 'refused' row, no tokens were sent). The row, its cost (the operator's
+price for that provider and model, else the catalog's, else NULL) and the budgets' spend are
+written by one SQL statement, awaited before the call's answer goes on (so the next call of the
+same agent sees the spend). KETTA_USAGE_LEDGER=false turns all of it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Awaitable, Callable
+
+import sqlalchemy as sa
+
+from ketta.usage import budgets, context, prices
+from ketta.usage.tokens import StreamTally, Tokens, from_response
+
+log = logging.getLogger("ketta.usage")
+
+# (provider name, organization) -> (provider type, base url) of the provider row, or None
+Describe = Callable[[str, str], Awaitable[tuple[str | None, str | None] | None]]
+Classify = Callable[[BaseException], str]
+
+_PRICE = (
+    "SELECT (GREATEST(CAST(:prompt AS bigint) - COALESCE(CAST(:cached AS bigint), 0) - COALESCE(CAST(:cache_write AS bigint), 0), 0) * o.input_per_mtok "
+    "+ COALESCE(CAST(:cached AS bigint), 0) * COALESCE(o.cached_input_per_mtok, o.input_per_mtok) "
+    "+ COALESCE(CAST(:cache_write AS bigint), 0) * COALESCE(o.cache_write_per_mtok, o.input_per_mtok) "
+    "+ COALESCE(CAST(:completion AS bigint), 0) * o.output_per_mtok) / 1000000 AS cost "
+    "FROM ketta_usage_prices o WHERE o.organization_id = CAST(:org AS varchar) AND o.provider_name = CAST(:provider AS varchar) AND o.model IN (CAST(:model AS varchar), '*') "
+    "ORDER BY (o.model = '*') LIMIT 1"
+)
+_RECORD = sa.text(
+    f"WITH price AS ({_PRICE}), recorded AS ("
+    "INSERT INTO ketta_usage (organization_id, user_id, agent_id, agent_name, run_id, provider_id, provider_name, provider_type, "
+    "model, handle, pool, fallback, streamed, prompt_tokens, completion_tokens, cached_input_tokens, cache_write_tokens, "
+    "reasoning_tokens, cost_usd, price_source, status, error_class, duration_ms) VALUES ("
+    "CAST(:org AS varchar), CAST(:user AS varchar), CAST(:agent AS varchar), (SELECT name FROM agents WHERE id = CAST(:agent AS varchar)), CAST(:run AS varchar), "
+    "(SELECT id FROM providers WHERE name = CAST(:provider AS varchar) AND organization_id = CAST(:org AS varchar) AND NOT is_deleted LIMIT 1), CAST(:provider AS varchar), CAST(:provider_type AS varchar), "
+    "CAST(:model AS varchar), CAST(:handle AS varchar), CAST(:pool AS varchar), :fallback, :streamed, CAST(:prompt AS integer), CAST(:completion AS integer), CAST(:cached AS integer), CAST(:cache_write AS integer), CAST(:reasoning AS integer), "
+    "CASE WHEN :reported THEN COALESCE((SELECT cost FROM price), CAST(:catalog AS numeric)) END, "
+    "CASE WHEN NOT :reported THEN NULL WHEN EXISTS (SELECT 1 FROM price) THEN 'override' "
+    "WHEN CAST(:catalog AS numeric) IS NOT NULL THEN 'catalog' END, CAST(:status AS varchar), CAST(:error_class AS varchar), CAST(:duration_ms AS integer)) "
+    "RETURNING cost_usd, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens) "
+    f"{budgets.SPEND_UPSERT}"
+)
+
+
+def enabled() -> bool:
+    from ketta.core.settings import get_settings
+
+    return get_settings().usage_ledger
+
+
+@dataclass
+class Call:
+    """What is known of an attempt when it is sent."""
+
+    organization_id: str | None
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+    provider: str | None
+    model: str | None
+    handle: str | None
+    pool: str | None
+    fallback: bool
+    streamed: bool
+    started: float = field(default_factory=time.perf_counter)
+    provider_type: str | None = None
+    base_url: str | None = None
+    done: bool = False
+
+    def budget_parameters(self) -> dict[str, Any]:
+        return budgets.match_parameters(self.organization_id, self.user_id, self.agent_id, self.provider, self.pool)
+
+
+def _begin(client: Any, config: Any, streamed: bool) -> Call:
+    actor = getattr(client, "actor", None)
+    agent_id, run_id = context.agent_step.get()
+    if agent_id is None:  # calls outside an agent step (summaries) that Letta tagged
+        agent_id = getattr(client, "_telemetry_agent_id", None)
+        run_id = run_id or getattr(client, "_telemetry_run_id", None)
+    provider = getattr(config, "provider_name", None)
+    handle = getattr(config, "handle", None)
+    if not provider and handle and "/" in handle:
+        provider = handle.split("/", 1)[0]
+    return Call(
+        organization_id=getattr(actor, "organization_id", None), user_id=getattr(actor, "id", None),
+        agent_id=agent_id, run_id=run_id, provider=provider, model=getattr(config, "model", None), handle=handle,
+        pool=context.via_pool.get(), fallback=context.via_fallback.get(), streamed=streamed,
+        provider_type=getattr(getattr(config, "model_endpoint_type", None), "value", getattr(config, "model_endpoint_type", None)),
+    )
+
+
+async def _session() -> Any:
+    from letta.server.db import db_registry
+
+    return db_registry.async_session()
+
+
+async def record(call: Call, tokens: Tokens, status: str, error_class: str | None = None) -> None:
+    """Write the attempt's row and raise its budgets' spend (once per attempt; never raises)."""
+    if call.done:
+        return
+    call.done = True
+    try:
+        catalog: Decimal | None = prices.catalog_cost(call.provider_type, call.base_url, call.model, tokens)
+        parameters = {
+            **call.budget_parameters(), "run": call.run_id, "provider_type": call.provider_type, "model": call.model,
+            "handle": call.handle, "fallback": call.fallback, "streamed": call.streamed,
+            "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
+            "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
+            "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
+        }
+        parameters["pool"] = call.pool  # the row's pool column (budgets match on pool_match)
+        async with await _session() as session:
+            await session.execute(_RECORD, parameters)
+            await session.commit()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the ledger never fails the call it records
+        log.warning("Usage of a call to %s not recorded: %s", call.provider, type(exc).__name__)
+
+
+def record_later(call: Call, tokens: Tokens, status: str, error_class: str | None = None) -> None:
+    """Record from a place that cannot await (a cancelled call, a stream dropped unfinished)."""
+    if call.done:
+        return
+    try:
+        task = asyncio.get_running_loop().create_task(record(call, tokens, status, error_class))
+    except RuntimeError:
+        return
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+_pending: set[asyncio.Task] = set()
+
+
+class UsageStream:
+    """A provider's stream, passed through unchanged, its usage report read on the way."""
+
+    def __init__(self, stream: Any, call: Call, classify: Classify):
+        self._stream = stream
+        self._call = call
+        self._classify = classify
+        self._tally = StreamTally()
+        self._iterator: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def __aenter__(self) -> "UsageStream":
+        if hasattr(self._stream, "__aenter__"):
+            await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        self._unfinished()
+        if hasattr(self._stream, "__aexit__"):
+            return await self._stream.__aexit__(*exc_info)
+        return None
+
+    async def close(self) -> None:
+        self._unfinished()
+        if hasattr(self._stream, "close"):
+            await self._stream.close()
+
+    def _unfinished(self) -> None:
+        record_later(self._call, self._tally.tokens, "incomplete")
+
+    def __aiter__(self) -> "UsageStream":
+        self._iterator = self._stream.__aiter__()
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self._iterator.__anext__()
+        except StopAsyncIteration:
+            await record(self._call, self._tally.tokens, "ok")
+            raise
+        except asyncio.CancelledError:
+            record_later(self._call, self._tally.tokens, "incomplete")
+            raise
+        except Exception as exc:
+            await record(self._call, self._tally.tokens, "error", self._classify(exc))
+            raise
+        try:
+            self._tally.see(item)
+        except Exception:  # noqa: BLE001 - an odd chunk costs its usage, never the stream
+            pass
+        return item
+
+
+def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classify: Classify) -> Callable:
+    """``method`` (a client's raw request_async/stream_async) recording each call in the ledger."""
+
+    @functools.wraps(method)
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        config = args[1] if len(args) > 1 else kwargs.get("llm_config")
+        call = _begin(client, config, stream)
+        if call.organization_id:
+            async with await _session() as session:
+                try:
+                    await budgets.check(session, call.budget_parameters())
+                except budgets.BudgetExceeded:
+                    await record(call, Tokens(), "refused")
+                    raise
+        call.started = time.perf_counter()
+        try:
+            result = await method(*args, **kwargs)
+        except asyncio.CancelledError:
+            record_later(call, Tokens(), "incomplete")
+            raise
+        except Exception as exc:
+            await _describe(call, describe)
+            await record(call, Tokens(), "error", classify(exc))
+            raise
+        await _describe(call, describe)
+        if stream and hasattr(result, "__aiter__"):
+            return UsageStream(result, call, classify)
+        await record(call, from_response(result), "ok")
+        return result
+
+    return recorded
+
+
+async def _describe(call: Call, describe: Describe) -> None:
+    if not (call.provider and call.organization_id):
+        return
+    try:
+        found = await describe(call.provider, call.organization_id)
+    except Exception:  # noqa: BLE001
+        found = None
+    if found:
+        call.provider_type, call.base_url = found[0] or call.provider_type, found[1]

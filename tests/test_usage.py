@@ -1,0 +1,213 @@
+"""The usage ledger (issue 23): tokens as the provider reported them, blocking and streamed, with a
+fallback and a pool member answering; prices; who may see what; a budget that stops calls."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+from decimal import Decimal
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from conftest import KettaProcess
+from mock_openai import MockOpenAI
+
+KEY = "sk-usage-0123456789"
+# What the mock reports for every call: cached and reasoning tokens apart.
+REPORTED = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290,
+            "prompt_tokens_details": {"cached_tokens": 1000}, "completion_tokens_details": {"reasoning_tokens": 20}}
+EXPECTED = {"prompt_tokens": 1234, "completion_tokens": 56, "cached_input_tokens": 1000, "reasoning_tokens": 20}
+COLUMNS = ("provider_name", "model", "handle", "agent_id", "agent_name", "user_id", "run_id", "pool", "fallback", "streamed",
+           "prompt_tokens", "completion_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
+           "price_source", "status", "error_class")
+
+
+@pytest.fixture
+def llm() -> Iterator[MockOpenAI]:
+    with MockOpenAI(api_key=KEY, usage=REPORTED) as server:
+        yield server
+
+
+def provider(client: httpx.Client, llm: MockOpenAI, name: str | None = None) -> str:
+    name = name or f"use-{uuid.uuid4().hex[:8]}"
+    made = client.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": KEY, "base_url": llm.base_url})
+    assert made.status_code == 200, made.text
+    return name
+
+
+def agent(client: httpx.Client, model: str, embedding: str, **extra: Any) -> str:
+    made = client.post("/v1/agents/", json={"name": f"usage-{uuid.uuid4().hex[:8]}", "agent_type": "letta_v1_agent",
+                                            "include_base_tools": False, "model": model, "embedding": embedding, **extra})
+    assert made.status_code == 200, made.text
+    return made.json()["id"]
+
+
+def send(client: httpx.Client, agent_id: str) -> httpx.Response:
+    return client.post(f"/v1/agents/{agent_id}/messages", json={"messages": [{"role": "user", "content": "hello"}]})
+
+
+def stream(client: httpx.Client, agent_id: str) -> tuple[int, str]:
+    with client.stream("POST", f"/v1/agents/{agent_id}/messages/stream",
+                       json={"messages": [{"role": "user", "content": "hello"}], "stream_tokens": True}) as response:
+        return response.status_code, response.read().decode()
+
+
+def ledger(db: sa.Engine, agent_id: str, count: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+    """The agent's ledger rows, oldest first, once there are ``count`` (rows are written as calls end)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(
+                sa.text(f"SELECT {', '.join(COLUMNS)} FROM ketta_usage WHERE agent_id = :a ORDER BY id"), {"a": agent_id})]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_blocking_and_streamed_calls_are_recorded_to_the_token(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        assert send(client, agent_id).status_code == 200
+        status, body = stream(client, agent_id)
+        assert status == 200 and "usage_statistics" in body, body
+        rows = ledger(shared_db, agent_id, 2)
+        report = client.get("/v1/usage/", params={"group_by": "agent", "agent_id": agent_id}).json()
+
+    assert llm.chat_requests()[-1].body["stream_options"] == {"include_usage": True}
+    assert [r["streamed"] for r in rows] == [False, True]
+    for row in rows:
+        assert {k: row[k] for k in EXPECTED} == EXPECTED, row
+        assert row["status"] == "ok" and row["provider_name"] == name and row["model"] == "mock-chat-1"
+        assert row["handle"] == f"{name}/mock-chat-1" and row["agent_name"].startswith("usage-") and row["run_id"]
+        assert row["user_id"] and row["fallback"] is False and row["pool"] is None
+        assert row["cost_usd"] is None and row["price_source"] is None  # a custom endpoint: price unknown, not 0
+    [only] = report["rows"]
+    assert only["key"] == agent_id and only["calls"] == 2
+    assert (only["prompt_tokens"], only["completion_tokens"], only["cached_input_tokens"], only["reasoning_tokens"]) == (2468, 112, 2000, 40)
+    assert only["cost_usd"] is None and only["calls_cost_unknown"] == 2
+
+
+def test_moonshot_style_usage_in_the_final_choice_is_read(shared_server: KettaProcess, shared_db: sa.Engine) -> None:
+    reported = {"prompt_tokens": 300, "completion_tokens": 7, "total_tokens": 307, "cached_tokens": 256}
+    with MockOpenAI(api_key=KEY, usage=reported, usage_in_choice=True) as llm, shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        assert stream(client, agent_id)[0] == 200
+        [row] = ledger(shared_db, agent_id, 1)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_input_tokens"], row["reasoning_tokens"]) == (300, 7, 256, None)
+
+
+def test_operator_price_gives_the_cost(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        price = client.put("/v1/ketta/prices", json={"provider_name": name, "model": "mock-chat-1", "input_per_mtok": 2,
+                                                     "cached_input_per_mtok": 0.5, "output_per_mtok": 8})
+        assert price.status_code == 200, price.text
+        assert client.put("/v1/ketta/prices", json={"provider_name": "no such provider", "model": "*", "input_per_mtok": 1,
+                                                    "output_per_mtok": 1}).status_code == 400
+        assert client.put("/v1/ketta/prices", json={"provider_name": name, "model": "*", "input_per_mtok": -1,
+                                                    "output_per_mtok": 1}).status_code == 422
+        assert send(client, agent_id).status_code == 200
+        [row] = ledger(shared_db, agent_id, 1)
+    # 234 uncached input at $2/M, 1000 cached at $0.5/M, 56 output at $8/M
+    assert row["cost_usd"] == Decimal("0.001416") and row["price_source"] == "override"
+
+
+def test_fallback_and_pool_member_attempts_are_each_a_row(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with MockOpenAI(api_key=KEY, usage=REPORTED) as down, shared_server.client() as client:
+        primary, backup = provider(client, down), provider(client, llm)
+        for _ in range(3):  # the SDK's retry included
+            down.queue_error(503, "overloaded")
+        agent_id = agent(client, f"{primary}/mock-chat-1", f"{backup}/text-embedding-3-small",
+                         metadata={"ketta_fallback_handles": [f"{backup}/mock-chat-1"]})
+        assert send(client, agent_id).status_code == 200
+        rows = ledger(shared_db, agent_id, 2)
+        assert [(r["provider_name"], r["status"], r["error_class"], r["fallback"]) for r in rows] == [
+            (primary, "error", "5xx", False), (backup, "ok", None, True)]
+        assert rows[0]["prompt_tokens"] is None and {k: rows[1][k] for k in EXPECTED} == EXPECTED
+
+        pool = f"pool-{uuid.uuid4().hex[:8]}"
+        member_a, member_b = provider(client, down), provider(client, llm)
+        made = client.post("/v1/pools/", json={"name": pool, "members": [member_a, member_b]})
+        assert made.status_code == 200, made.text
+        pooled = agent(client, f"{pool}/mock-chat-1", f"{backup}/text-embedding-3-small")
+        for _ in range(3):
+            down.queue_error(503, "overloaded")
+        status, body = stream(client, pooled)
+        assert status == 200 and "assistant_message" in body and "event: error" not in body, body
+        rows = ledger(shared_db, pooled, 2)
+    answered = [r for r in rows if r["status"] == "ok"]
+    assert len(answered) == 1 and answered[0]["provider_name"] == member_b and answered[0]["pool"] == pool and answered[0]["streamed"]
+    assert {k: answered[0][k] for k in EXPECTED} == EXPECTED
+    assert all(r["pool"] == pool for r in rows) and {r["provider_name"] for r in rows} <= {member_a, member_b}
+
+
+def test_a_user_token_sees_only_its_own_usage(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    url, admin = shared_server.url, shared_server.headers
+    org = httpx.post(f"{url}/v1/admin/orgs/", headers=admin, json={"name": f"org-usage-{uuid.uuid4().hex[:6]}"}).json()["id"]
+    users = [httpx.post(f"{url}/v1/admin/users/", headers=admin, json={"name": f"u{i}", "organization_id": org}).json()["id"] for i in range(2)]
+    tokens = [httpx.post(f"{url}/v1/ketta/tokens/", headers=admin, json={"user_id": u, "name": "t"}).json()["token"] for u in users]
+    agents = []
+    for user, token in zip(users, tokens):
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+            name = provider(client, llm)
+            agents.append(agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small"))
+            assert send(client, agents[-1]).status_code == 200
+    for agent_id in agents:
+        ledger(shared_db, agent_id, 1)
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=60) as as_first:
+        mine = as_first.get("/v1/usage/", params={"group_by": "user"}).json()
+        assert [r["key"] for r in mine["rows"]] == [users[0]] and mine["total"]["calls"] == 1
+        by_agent = as_first.get("/v1/usage/", params={"group_by": "agent", "agent_id": agents[1]}).json()
+        assert by_agent["rows"] == [] and by_agent["total"]["calls"] == 0  # another user's agent: nothing
+        assert as_first.get("/v1/usage/", params={"user_id": users[1]}).status_code == 403
+        exported = as_first.get("/v1/usage/export.csv")
+        assert exported.status_code == 200 and exported.headers["content-type"].startswith("text/csv")
+        lines = list(csv.DictReader(io.StringIO(exported.text)))
+        assert {line["user_id"] for line in lines} == {users[0]} and lines[0]["prompt_tokens"] == "1234"
+        assert as_first.get("/v1/ketta/budgets").status_code == 403
+        assert as_first.put("/v1/ketta/prices", json={"provider_name": "x", "model": "*", "input_per_mtok": 0, "output_per_mtok": 0}).status_code == 403
+
+    everyone = httpx.get(f"{url}/v1/usage/", headers=admin, params={"group_by": "user", "organization_id": org}).json()
+    assert sorted(r["key"] for r in everyone["rows"]) == sorted(users)
+    assert httpx.get(f"{url}/v1/usage/", headers=admin, params={"start": "yesterday"}).status_code == 400
+    assert httpx.get(f"{url}/v1/usage/", headers=admin, params={"group_by": "weekday"}).status_code == 422
+
+
+def test_a_spent_hard_budget_refuses_before_the_provider(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        budget_name = f"agent-cap-{uuid.uuid4().hex[:6]}"
+        made = client.post("/v1/ketta/budgets", json={"name": budget_name, "scope": "agent", "subject": agent_id, "metric": "tokens",
+                                                      "limit": 1000, "period": "day", "hard": True})
+        assert made.status_code == 200, made.text
+        assert made.json()["spent"] == 0 and made.json()["exceeded"] is False
+        bad = client.post("/v1/ketta/budgets", json={"name": "x", "scope": "agent", "subject": "agent-nope", "metric": "tokens",
+                                                     "limit": 1, "period": "day"})
+        assert bad.status_code == 400 and "agent-nope" in bad.json()["detail"]
+
+        assert send(client, agent_id).status_code == 200  # under the limit: sent (1290 tokens)
+        sent = len(llm.chat_requests())
+        refused = send(client, agent_id)
+        assert refused.status_code == 429, refused.text
+        detail = refused.json()["detail"]
+        assert budget_name in detail and "resets at" in detail and int(refused.headers["retry-after"]) > 0
+        status, body = stream(client, agent_id)
+        assert status == 200 and "event: error" in body and budget_name in body, body
+        assert len(llm.chat_requests()) == sent  # neither reached the provider
+        listed = [b for b in client.get("/v1/ketta/budgets").json() if b["name"] == budget_name]
+        assert listed[0]["spent"] == 1290 and listed[0]["exceeded"] is True
+        rows = ledger(shared_db, agent_id, 3)
+        assert [r["status"] for r in rows] == ["ok", "refused", "refused"]
+        assert client.delete(f"/v1/ketta/budgets/{made.json()['id']}").status_code == 200
+        assert send(client, agent_id).status_code == 200
