@@ -259,6 +259,17 @@ def patches_list(ctx: typer.Context) -> None:
                "off: KETTA_LETTA_FIXES=false, or KETTA_SKIP_FIXES=N,...)")
     for row in fixes:
         _echo_patch_row(row, row.patch.upstream, covered)
+    hooks = letta_modifications.hook_status(settings, from_source=True)
+    typer.echo("")
+    typer.echo(f"Hooks ({len(hooks)}: environment edits, run-time wrappers, app-level changes, subclasses; "
+               "declared in ketta.letta_modifications.hooks)")
+    for hook_row in hooks:
+        state = "on " if hook_row.enabled else "off"
+        match = "ok" if hook_row.problem is None else f"DRIFT: {hook_row.problem}"
+        typer.echo(f"hook {state} [{hook_row.hook.kind}] {hook_row.hook.name}")
+        typer.echo(f"      {hook_row.hook.why}")
+        upstream = f"; overrides {hook_row.hook.upstream} {match}" if hook_row.hook.upstream else ""
+        typer.echo(f"      by {hook_row.hook.installed_by}; setting {hook_row.hook.setting or 'always'}{upstream}")
 
 
 def _echo_patch_row(row: "Any", switch: str, covered: dict[str, list[str]]) -> None:
@@ -318,13 +329,18 @@ def patches_verify() -> None:
     # From source text (as `ketta patches`): Letta is imported only for what text cannot settle.
     rows = letta_modifications.status_from_source(KettaSettings(allow_patch_drift=True))
     problems = [row for row in rows if row.problem]
+    hooks = letta_modifications.hook_status(KettaSettings(), from_source=True)
+    hook_problems = [row for row in hooks if row.problem]
     total = len(rows)
     for row in problems:
         typer.echo(f"DRIFT {row.patch.target} ({row.module}): {row.problem}")
-    if problems:
-        _fail(f"{len(problems)} of {total} patches no longer match the installed Letta")
+    for row in hook_problems:
+        typer.echo(f"DRIFT hook {row.hook.name} ({row.hook.installed_by}, upstream {row.hook.upstream}): {row.problem}")
+    if problems or hook_problems:
+        _fail(f"{len(problems)} of {total} patches and {len(hook_problems)} of {len(hooks)} hooks no longer match the installed Letta")
     fixes = sum(1 for row in rows if row.patch.kind == "fix")
-    typer.echo(f"all {total} patches match the installed Letta ({fixes} of them fixes of Letta 0.16.8)")
+    typer.echo(f"all {total} patches match the installed Letta ({fixes} of them fixes of Letta 0.16.8), and the "
+               f"{sum(1 for row in hooks if row.hook.upstream)} hooks that override Letta code")
 
 
 @patches_app.command("fingerprint")

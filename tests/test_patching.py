@@ -220,3 +220,28 @@ def test_sdk_targets_carry_their_version_range_and_another_version_is_drift(scra
     too_new = replace(make_patch(fingerprint=live), requires="openai>=99")
     assert patching.drift(too_new).startswith("written for openai>=99, installed openai ")
     assert "not installed" in patching.drift(replace(too_new, requires="no-such-distribution-xyz>=1"))
+
+
+def test_hooks_name_what_installs_them_and_every_installer_exists():
+    """The registry's hooks (environment edits, wrappers, app-level changes, subclasses) point at real code."""
+    import importlib
+
+    hooks = letta_modifications.declared_hooks()
+    assert {h.kind for h in hooks} == {"environment", "wrapper", "app", "subclass"}
+    for hook in hooks:
+        module, _, attr = hook.installed_by.partition(":")
+        assert hasattr(importlib.import_module(module), attr.split(".")[0]), hook.installed_by
+        assert not hook.setting or hook.setting in KettaSettings.model_fields, hook.name
+    assert [row.problem for row in letta_modifications.hook_status(KettaSettings()) if row.problem] == []
+
+
+def test_a_drifted_hook_refuses_the_start_unless_its_setting_is_off(monkeypatch, scratch_module):
+    """A hook cannot be skipped alone: drift in the Letta code it overrides stops the start, naming the switch."""
+    from ketta.core.patching import Hook
+
+    drifted = Hook(name="a subclass override", kind="subclass", installed_by="ketta_scratch:Sub", setting="kimi_provider",
+                   why="test", upstream="ketta_scratch_upstream:Greeter.greet", fingerprint="0" * 16)
+    monkeypatch.setattr(letta_modifications, "declared_hooks", lambda: [drifted])
+    with pytest.raises(letta_modifications.PatchDriftError, match="KETTA_KIMI_PROVIDER=false"):
+        letta_modifications.check_hooks(KettaSettings(allow_patch_drift=True))
+    letta_modifications.check_hooks(KettaSettings(kimi_provider=False))

@@ -1027,6 +1027,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A patch of the openai/anthropic SDK drifts when the installed SDK is outside the range it was written for.",
     ),
     Mutation(
+        "hook-drift-ignored",
+        "ketta/letta_modifications/__init__.py",
+        "        if row.problem and row.enabled:",
+        "        if False:",
+        ("tests/test_patching.py::test_a_drifted_hook_refuses_the_start_unless_its_setting_is_off",),
+        "A hook whose overridden Letta code drifted refuses the start (it cannot be skipped alone).",
+    ),
+    Mutation(
         "layering-check-blind",
         "tests/test_architecture.py",
         "            if LAYERS.index(there) > LAYERS.index(here):",

@@ -83,6 +83,46 @@ class Patch:
         return self.target.split(":", 1)[1].split(".")
 
 
+HOOK_KINDS = ("environment", "wrapper", "app", "subclass")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A change to Letta or its process that is not an attribute swap, declared so the registry is
+    the whole map: an environment edit, a run-time wrapper of a Letta object, an app-level change
+    (middleware, handlers, routes, logging), or a subclass overriding Letta's methods.
+
+    ``installed_by`` is the Ketta function (or class) that makes the change; ``upstream`` the Letta
+    code it relies on or overrides, with its ``fingerprint`` (as for a patch) where there is one,
+    so a drifted hook is reported by ``ketta patches verify`` and refuses the start. ``setting`` is
+    the switch ("" for always on).
+    """
+
+    name: str
+    kind: str
+    installed_by: str
+    setting: str
+    why: str
+    upstream: str = ""
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in HOOK_KINDS:
+            raise ValueError(f"{self.name}: kind must be one of {HOOK_KINDS}, not {self.kind!r}")
+        if bool(self.upstream) != bool(self.fingerprint):
+            raise ValueError(f"{self.name}: an upstream target and its fingerprint go together")
+
+    def as_patch(self) -> "Patch":
+        """The upstream code as a patch declaration, for the drift check."""
+        return Patch(target=self.upstream, replacement=None, fingerprint=self.fingerprint, setting=self.setting or "unified_providers",
+                     why=self.why)
+
+
+def hook_drift(hook: Hook) -> str | None:
+    """None if the hook's upstream code is as written against (or it has none), else what changed."""
+    return drift(hook.as_patch()) if hook.upstream else None
+
+
 class PatchTargetMissing(LookupError):
     pass
 

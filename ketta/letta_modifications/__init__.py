@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ketta.core import patching
-from ketta.core.patching import Patch
+from ketta.core.patching import Hook, Patch
 from ketta.core.settings import KettaSettings
 
 PATCH_MODULES: tuple[str, ...] = (
@@ -134,6 +134,55 @@ def status_from_source(settings: KettaSettings) -> list[PatchStatus]:
     return rows
 
 
+@dataclass(frozen=True)
+class HookStatus:
+    hook: Hook
+    enabled: bool
+    problem: str | None
+
+
+def declared_hooks() -> list[Hook]:
+    """The declared hooks (:mod:`.hooks`): environment edits, run-time wrappers, app-level changes, subclasses."""
+    from ketta.letta_modifications.hooks import HOOKS
+
+    return list(HOOKS)
+
+
+def hook_enabled(hook: Hook, settings: KettaSettings) -> bool:
+    return not hook.setting or bool(getattr(settings, hook.setting))
+
+
+def hook_status(settings: KettaSettings, from_source: bool = False) -> list[HookStatus]:
+    """Each hook, whether its switch is on, and whether the Letta code it relies on drifted
+    (``from_source``: read as text like ``ketta patches``, importing only what text cannot settle)."""
+    from ketta.core import patch_source
+
+    rows = []
+    for hook in declared_hooks():
+        problem = None
+        if hook.upstream and from_source:
+            declared = patch_source.Declared(target=hook.upstream, fingerprint=hook.fingerprint, setting=hook.setting, why=hook.why)
+            try:
+                problem = patch_source.drift(declared)
+            except patch_source.NotStatic:
+                problem = patching.hook_drift(hook)
+        elif hook.upstream:
+            problem = patching.hook_drift(hook)
+        rows.append(HookStatus(hook, hook_enabled(hook, settings), problem))
+    return rows
+
+
+def check_hooks(settings: KettaSettings) -> None:
+    """Refuse the start when an enabled hook's upstream code drifted: a hook (a subclass, a wrapper)
+    cannot be skipped alone, so its setting must be turned off to run Letta's own code."""
+    for row in hook_status(settings):
+        if row.problem and row.enabled:
+            raise PatchDriftError(
+                f"Hook {row.hook.name} ({row.hook.installed_by}): {row.problem}. Run 'ketta patches verify' and review it "
+                f"against the installed Letta, or set KETTA_{row.hook.setting.upper()}=false to start without it."
+            )
+
+
 def verify() -> list[PatchStatus]:
     """Every declared patch whose target is missing or whose upstream source changed."""
     return [s for s in status(KettaSettings(allow_patch_drift=True)) if s.problem]
@@ -143,6 +192,7 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
     """Apply every enabled patch, module by module. A drifted patch is never applied blind: the
     start is refused, or with KETTA_ALLOW_PATCH_DRIFT=true that patch is skipped (Letta's own code
     runs for its target) with one warning line naming it."""
+    check_hooks(settings)
     applied: list[Patch] = []
     for module_name in PATCH_MODULES:
         module = importlib.import_module(module_name)
