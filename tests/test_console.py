@@ -84,6 +84,19 @@ def test_warnings_of_normal_operation_stay_off_the_console(logger: str, message:
     assert console.ConsoleFilter().filter(elsewhere) is True, "only the logger that says it in normal operation"
 
 
+@pytest.mark.parametrize(("level", "message", "shown"), [
+    (logging.WARNING, "Event loop lag in heartbeat: 3.80s (expected ~1.0s)", True),
+    (logging.ERROR, "EVENT LOOP HANG DETECTED! No heartbeat for 20.0s (threshold: 15s), tasks=6", True),
+    (logging.WARNING, "Severe lag detected - dumping active tasks (6 total):", False),
+    (logging.ERROR, "Active threads: 3", False),
+    (logging.ERROR, "  File: /usr/lib/python3.11/threading.py:1002", False),
+    (logging.ERROR, "\nThread MainThread (ID: 140499916622720):", False),
+])
+def test_the_watchdog_keeps_its_headline_and_its_stack_dump_stays_in_the_file(level: int, message: str, shown: bool) -> None:
+    record = logging.LogRecord("Letta.letta.monitoring.event_loop_watchdog", level, __file__, 1, message, None, None)
+    assert console.ConsoleFilter().filter(record) is shown
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -415,6 +415,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Warnings Letta logs in normal operation (context estimate, completed_at, stream end) stay off the console.",
     ),
     Mutation(
+        "console-watchdog-dump",
+        "ketta/core/console.py",
+        "            return bool(WATCHDOG_HEADLINES.match(record.getMessage()))",
+        "            return True",
+        ("tests/test_console.py::test_the_watchdog_keeps_its_headline_and_its_stack_dump_stays_in_the_file",),
+        "Letta's event-loop watchdog shows its headline on the console; its ~60-line stack dump stays in the log file.",
+    ),
+    Mutation(
         "console-uvicorn-colours",
         "ketta/core/console.py",
         "            formatter[\"use_colors\"] = False",

@@ -38,6 +38,12 @@ NORMAL_OPERATION: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = (
      re.compile(r"Stream was terminated due to unexpected cancellation from server$")),
 )
 
+# Letta's event-loop watchdog: when the loop lags over 2 s (a loaded machine, the first request
+# building its schemas) it dumps every thread's and task's stack, ~60 lines at ERROR/WARNING.
+# The console keeps its headlines; the dump stays in Letta's log file (and on the console at debug).
+WATCHDOG = re.compile(r"Letta\.letta\.monitoring\.event_loop_watchdog$")
+WATCHDOG_HEADLINES = re.compile(r"Event loop lag in heartbeat|EVENT LOOP HANG DETECTED|Event loop appears frozen|Watchdog error")
+
 # exception class -> HTTP status of the app's exception handler for it (filled by register_app)
 _handler_status: dict[type, int] = {}
 
@@ -127,9 +133,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFilter(logging.Filter):
-    """Keeps the warnings of normal operation (:data:`NORMAL_OPERATION`) off a console handler."""
+    """Keeps the warnings of normal operation (:data:`NORMAL_OPERATION`) and the watchdog's stack
+    dumps (:data:`WATCHDOG`) off a console handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if WATCHDOG.match(record.name) and record.levelno >= logging.WARNING:
+            return bool(WATCHDOG_HEADLINES.match(record.getMessage()))
         if record.levelno != logging.WARNING:
             return True
         message = None
