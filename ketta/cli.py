@@ -370,6 +370,9 @@ def providers_import_env() -> None:
     from ketta.security.keyring import KeyringError
 
     try:
+        # the server's database first: with none running, one line and nothing made under KETTA_HOME
+        # (prepare would make the home, its token and key files before finding no database)
+        database.ensure_database(get_settings().home_dir, attach=True, create=False)
         prepare(get_settings(), attach=True)
         outcomes = asyncio.run(import_env_providers())
     except (database.DatabaseError, migrations.MigrationError, KeyringError) as exc:

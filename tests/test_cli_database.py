@@ -65,6 +65,18 @@ def test_commands_that_need_the_database_say_in_one_line_that_no_server_runs(tmp
     assert out["letta"] == [], "answered without importing Letta"
 
 
+def test_import_env_with_a_key_and_no_server_says_so_and_makes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    out = run_in_process([["providers", "import-env"], ["keys", "check"]], KETTA_HOME=str(home), CWD=str(tmp_path),
+                         OPENAI_API_KEY="sk-from-env")
+    imported, checked = out["runs"]
+    assert imported["code"] == 1 and imported["output"].strip().splitlines() == [
+        f"Error: No Ketta server is running on KETTA_HOME={home} and LETTA_PG_URI is not set: start `ketta server` "
+        "first (this command uses its database), or set LETTA_PG_URI (or LETTA_PG_*) as the server has it."], imported
+    assert checked["code"] == 1 and len(checked["output"].strip().splitlines()) == 1, checked
+    assert not home.exists(), "no KETTA_HOME, token, key or database made on the way"
+
+
 def test_maintenance_commands_never_initdb(tmp_path: Path) -> None:
     home = tmp_path / "home"
     out = run_in_process([["db", "upgrade"], ["db", "downgrade", "base"]], KETTA_HOME=str(home), CWD=str(tmp_path))

@@ -513,6 +513,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A command that needs the server's database says in one line that none runs; it never makes one.",
     ),
     Mutation(
+        "import-env-makes-home-first",
+        "ketta/cli.py",
+        "        database.ensure_database(get_settings().home_dir, attach=True, create=False)\n",
+        "",
+        ("tests/test_cli_database.py::test_import_env_with_a_key_and_no_server_says_so_and_makes_nothing",),
+        "import-env with a key but no server says so in one line and makes nothing under KETTA_HOME.",
+    ),
+    Mutation(
         "cli-maintenance-initdb",
         "ketta/db/database.py",
         "        if not create and not (embedded.pgdata / \"PG_VERSION\").exists():",
