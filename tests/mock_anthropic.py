@@ -54,6 +54,10 @@ class MockAnthropic:
     api_key: str | None = None
     reply: str = DEFAULT_REPLY
     first_tool: str | None = "conversation_search"  # called before the answer when offered
+    # The usage every message reports (input_tokens, output_tokens, cache_read_input_tokens,
+    # cache_creation_input_tokens): blocking in ``usage``; streamed, the input side in
+    # message_start and the output count in message_delta, as Anthropic sends them.
+    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 25, "output_tokens": 10})
     host: str = "127.0.0.1"
     port: int = 0
     _requests: list[RecordedRequest] = field(default_factory=list, repr=False)
@@ -203,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
         message = {"id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": model,
                    "content": blocks, "stop_reason": stop, "stop_sequence": None,
-                   "usage": {"input_tokens": 25, "output_tokens": 10}}
+                   "usage": dict(self.mock.usage)}
         if not body.get("stream"):
             self._send_json(200, message)
             return
@@ -213,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self._event("message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
-                                                                           "usage": {"input_tokens": 25, "output_tokens": 1}}})
+                                                                           "usage": {**self.mock.usage, "output_tokens": 1}}})
         for index, block in enumerate(blocks):
             if block["type"] == "text":
                 self._event("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})
@@ -227,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                         "delta": {"type": "input_json_delta", "partial_json": piece}})
             self._event("content_block_stop", {"type": "content_block_stop", "index": index})
         self._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                      "usage": {"output_tokens": 10}})
+                                      "usage": {"output_tokens": self.mock.usage.get("output_tokens", 0)}})
         self._event("message_stop", {"type": "message_stop"})
         self.close_connection = True
 

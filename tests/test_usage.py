@@ -211,3 +211,25 @@ def test_a_spent_hard_budget_refuses_before_the_provider(shared_server: KettaPro
         assert [r["status"] for r in rows] == ["ok", "refused", "refused"]
         assert client.delete(f"/v1/ketta/budgets/{made.json()['id']}").status_code == 200
         assert send(client, agent_id).status_code == 200
+
+
+def test_anthropic_usage_blocking_and_streamed(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    from mock_anthropic import MockAnthropic
+
+    reported = {"input_tokens": 25, "output_tokens": 40, "cache_read_input_tokens": 900, "cache_creation_input_tokens": 100}
+    with MockAnthropic(api_key="sk-ant-usage", usage=reported) as claude, shared_server.client() as client:
+        embedding = provider(client, llm)
+        name = f"claude-{uuid.uuid4().hex[:8]}"
+        made = client.post("/v1/providers/", json={"name": name, "provider_type": "anthropic", "api_key": "sk-ant-usage",
+                                                   "base_url": claude.base_url})
+        assert made.status_code == 200, made.text
+        agent_id = agent(client, f"{name}/claude-mock-1", f"{embedding}/text-embedding-3-small")
+        assert send(client, agent_id).status_code == 200
+        status, body = stream(client, agent_id)
+        assert status == 200 and "event: error" not in body, body
+        rows = ledger(shared_db, agent_id, 2)
+    assert [r["streamed"] for r in rows] == [False, True]
+    for row in rows:  # Anthropic's input_tokens excludes the cache: prompt = 25 + 900 + 100
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_input_tokens"], row["cache_write_tokens"],
+                row["reasoning_tokens"]) == (1025, 40, 900, 100, None), row
+        assert row["status"] == "ok" and row["provider_name"] == name
