@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from ketta import migrations
-    from ketta.database import EmbeddedPostgres, sync_url
+    from ketta.db import migrations
+    from ketta.db.database import EmbeddedPostgres, sync_url
 
     work = Path(tempfile.mkdtemp(prefix="ketta-usage-bench-"))
     postgres = EmbeddedPostgres(home=work / "pg")

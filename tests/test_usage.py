@@ -233,3 +233,31 @@ def test_anthropic_usage_blocking_and_streamed(shared_server: KettaProcess, shar
         assert (row["prompt_tokens"], row["completion_tokens"], row["cached_input_tokens"], row["cache_write_tokens"],
                 row["reasoning_tokens"]) == (1025, 40, 900, 100, None), row
         assert row["status"] == "ok" and row["provider_name"] == name
+
+
+def test_concurrent_calls_overshoot_a_provider_budget_by_the_calls_in_flight_only(shared_server: KettaProcess, shared_db: sa.Engine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with MockOpenAI(api_key=KEY, usage=REPORTED, latency_s=2.0) as slow, shared_server.client() as client:
+        name = provider(client, slow)
+        agents = [agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small") for _ in range(3)]
+        hard = client.post("/v1/ketta/budgets", json={"name": f"prov-{uuid.uuid4().hex[:6]}", "scope": "provider", "subject": name,
+                                                      "metric": "tokens", "limit": 1000, "period": "month"})
+        soft = client.post("/v1/ketta/budgets", json={"name": f"soft-{uuid.uuid4().hex[:6]}", "scope": "agent", "subject": agents[0],
+                                                      "metric": "tokens", "limit": 1, "period": "day", "hard": False})
+        assert hard.status_code == 200 and soft.status_code == 200, (hard.text, soft.text)
+        with ThreadPoolExecutor(3) as pool:  # three calls in flight together, all admitted while nothing is spent
+            answers = list(pool.map(lambda a: send(client, a).status_code, agents))
+        assert answers == [200, 200, 200]
+        sent = len(slow.chat_requests())
+        late = send(client, agents[1])
+        assert late.status_code == 429 and hard.json()["name"] in late.json()["detail"]
+        assert len(slow.chat_requests()) == sent
+        listed = {b["id"]: b for b in client.get("/v1/ketta/budgets").json()}
+        assert listed[hard.json()["id"]]["spent"] == 3 * 1290  # the overshoot: what the calls in flight spent
+        assert listed[soft.json()["id"]]["exceeded"] is True and listed[soft.json()["id"]]["hard"] is False
+        provider_id = next(p["id"] for p in client.get("/v1/providers/").json() if p["name"] == name)
+        health = client.get(f"/v1/providers/{provider_id}/health").json()
+        assert [(b["name"], b["exceeded"], b["hard"]) for b in health["budgets"]] == [(hard.json()["name"], True, True)]
+        assert client.delete(f"/v1/ketta/budgets/{hard.json()['id']}").status_code == 200
+        assert send(client, agents[0]).status_code == 200  # over its soft budget: the call goes on

@@ -56,6 +56,10 @@ class ProviderHealth(BaseModel):
     last_error: Optional[LastError] = None
     balance: Optional[KimiBalance] = Field(None, description="A kimi provider's account balance, with ?balance=true.")
     balance_error: Optional[str] = Field(None, description="Why the balance asked for could not be read (key refused, Moonshot unreachable).")
+    budgets: Optional[list[dict]] = Field(
+        None, description="Usage budgets on this provider (GET /v1/ketta/budgets): limit, spent this period, resets_at, hard, "
+        "exceeded (a soft budget past its limit shows here; calls go on)."
+    )
     members: Optional[list["ProviderHealth"]] = Field(
         None, description="A pool's members, each with its own health; the pool's state is 'healthy' when all are, 'degraded' when "
         "some are not, 'down'/'cooling_down' when none can take a call. Its latency is the slowest member's; counts are sums."
@@ -103,13 +107,23 @@ async def retrieve_provider_health(
             if balance and member.provider_type == KIMI:
                 health.update(await _balance(server, member.id, actor))
             healths.append(health)
-        return ProviderHealth(**provider_health.pool_summary(provider_id, name, healths))
+        return ProviderHealth(**provider_health.pool_summary(provider_id, name, healths), budgets=await _budgets(actor.organization_id, name))
     health = await provider_health.provider_health(provider_id, actor.organization_id, name)
     if balance:
         if provider_type != KIMI:
             raise HTTPException(status_code=400, detail=f"Provider '{name}' is of type '{provider_type}': only kimi providers have a balance to show; drop ?balance=true.")
         health.update(await _balance(server, provider_id, actor))
-    return ProviderHealth(**health)
+    return ProviderHealth(**health, budgets=await _budgets(actor.organization_id, name))
+
+
+async def _budgets(organization_id: str, name: str) -> list[dict] | None:
+    from ketta.core.settings import get_settings
+
+    if not get_settings().usage_ledger:
+        return None
+    from ketta.usage import budgets
+
+    return await budgets.of_provider(organization_id, name)
 
 
 KIMI = "kimi"

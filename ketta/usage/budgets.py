@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -92,10 +93,32 @@ def match_parameters(organization_id: str | None, user_id: str | None, agent_id:
     return {"org": organization_id, "user": user_id, "agent": agent_id, "provider": provider, "pool_match": pool or provider}
 
 
+# Organizations that have budgets, re-read at most every BUDGETS_SEEN_S per process (and at once
+# after a budget is made here): a call of an organization without budgets costs no query. A budget
+# made through another worker or replica is enforced here within BUDGETS_SEEN_S.
+BUDGETS_SEEN_S = 2.0
+_with_budgets: tuple[float, frozenset[str]] = (0.0, frozenset())
+_ORGANIZATIONS = sa.text("SELECT DISTINCT organization_id FROM ketta_usage_budgets")
+
+
+def forget_organizations() -> None:
+    global _with_budgets
+    _with_budgets = (0.0, frozenset())
+
+
+async def has_budgets(session: Any, organization_id: str) -> bool:
+    global _with_budgets
+    read_at, organizations = _with_budgets
+    if time.monotonic() - read_at > BUDGETS_SEEN_S:
+        organizations = frozenset((await session.execute(_ORGANIZATIONS)).scalars().all())
+        _with_budgets = (time.monotonic(), organizations)
+    return organization_id in organizations
+
+
 async def check(session: Any, parameters: dict[str, Any]) -> None:
     """Raise :class:`BudgetExceeded` for the first spent hard budget this call counts for; log a
     spent soft budget once per period."""
-    if not parameters["org"]:
+    if not parameters["org"] or not await has_budgets(session, parameters["org"]):
         return
     rows = (await session.execute(_EXCEEDED, parameters)).all()
     for row in rows:
@@ -136,6 +159,14 @@ async def list_budgets(session: Any, organization_id: str | None, budget_id: str
     return [describe(r) for r in (await session.execute(_LIST, {"org": organization_id, "id": budget_id})).all()]
 
 
+async def of_provider(organization_id: str, provider_name: str) -> list[dict[str, Any]]:
+    """The provider's budgets with their spend (shown in its health: a soft limit reached shows there)."""
+    from letta.server.db import db_registry
+
+    async with db_registry.async_session() as session:
+        return [b for b in await list_budgets(session, organization_id) if b["scope"] == "provider" and b["subject"] == provider_name]
+
+
 _SEED = sa.text(
     f"INSERT INTO ketta_usage_budget_spend (budget_id, period_start, spent) "
     f"SELECT b.id, {_PERIOD_START}, COALESCE(sum(CASE b.metric WHEN 'tokens' THEN COALESCE(u.prompt_tokens, 0) + COALESCE(u.completion_tokens, 0) "
@@ -156,4 +187,5 @@ async def create_budget(session: Any, organization_id: str, name: str, scope: st
         {"id": budget_id, "org": organization_id, "name": name, "scope": scope, "subject": subject, "metric": metric,
          "limit": limit, "period": period, "hard": hard})
     await session.execute(_SEED, {"id": budget_id})
+    forget_organizations()
     return budget_id

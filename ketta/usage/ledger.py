@@ -215,12 +215,11 @@ def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classi
         config = args[1] if len(args) > 1 else kwargs.get("llm_config")
         call = _begin(client, config, stream)
         if call.organization_id:
-            async with await _session() as session:
-                try:
-                    await budgets.check(session, call.budget_parameters())
-                except budgets.BudgetExceeded:
-                    await record(call, Tokens(), "refused")
-                    raise
+            try:
+                await _check_budgets(call)
+            except budgets.BudgetExceeded:
+                await record(call, Tokens(), "refused")
+                raise
         call.started = time.perf_counter()
         try:
             result = await method(*args, **kwargs)
@@ -238,6 +237,15 @@ def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classi
         return result
 
     return recorded
+
+
+async def _check_budgets(call: Call) -> None:
+    """The call's budgets (no query at all while its organization has none, see budgets.has_budgets)."""
+    read_at, organizations = budgets._with_budgets
+    if time.monotonic() - read_at <= budgets.BUDGETS_SEEN_S and call.organization_id not in organizations:
+        return
+    async with await _session() as session:
+        await budgets.check(session, call.budget_parameters())
 
 
 async def _describe(call: Call, describe: Describe) -> None:
