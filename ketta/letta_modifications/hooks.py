@@ -52,6 +52,10 @@ HOOKS = [
          installed_by="ketta.providers.routing:instrument", setting="provider_health",
          why="Every LLM call is recorded for provider health and routed (fallback handles, pools); called from the "
          "patched LLMClientBase.__init__."),
+    Hook(name="LLM client instances: request_async, stream_async recorded in the usage ledger (inside routing)", kind="wrapper",
+         installed_by="ketta.usage.ledger:wrap", setting="usage_ledger",
+         why="Each LLM call attempt (own provider, pool member, fallback) is a ketta_usage row with the provider's token "
+         "report; a spent hard budget refuses it before it is sent. Applied by ketta.providers.routing."),
     Hook(name="an agent's LLM client: build_request_data wrapped, fallback handles attached", kind="wrapper",
          installed_by="ketta.providers.fallback:attach", setting="provider_fallback",
          why="A failed request can be rebuilt for the next handle; called from the patched LettaAgentV2 set-up."),
@@ -79,6 +83,9 @@ HOOKS = [
     Hook(name="routes: /v1/ketta/tokens, /v1/pools/, /v1/providers/{id}/health, GET /v1/models/ listing",
          kind="app", installed_by="ketta.app:create_app", setting="",
          why="Ketta's own routers (ketta.api, ketta.security.user_tokens) and the embedding listing (ketta.providers.model_listing)."),
+    Hook(name="routes: GET /v1/usage/ (+ CSV), /v1/ketta/budgets, /v1/ketta/prices; handler: BudgetExceeded -> 429",
+         kind="app", installed_by="ketta.api.usage:install", setting="usage_ledger",
+         why="Asking what providers, agents and users spend; a refused call names its budget and when it resets."),
     Hook(name="console: client errors one line", kind="app", installed_by="ketta.core.console:register_app", setting="",
          why="A 4xx is one console line (its traceback stays in Letta's log)."),
     # --- a subclass overriding Letta's methods (KimiClient), one entry per overridden method
