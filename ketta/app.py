@@ -214,10 +214,10 @@ def create_app() -> FastAPI:
             from ketta.api.provider_health import router as health_router
 
             app.include_router(health_router)
-            if get_settings().provider_pools:
-                from ketta.api.pools import router as pools_router
+        if get_settings().provider_pools and get_settings().llm_routing:
+            from ketta.api.pools import router as pools_router
 
-                app.include_router(pools_router)
+            app.include_router(pools_router)
         if get_settings().usage_ledger:
             from ketta.api import usage as usage_api
 

@@ -1051,6 +1051,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A hook whose overridden Letta code drifted refuses the start (it cannot be skipped alone).",
     ),
     Mutation(
+        "routing-records-with-health-off",
+        "ketta/providers/routing.py",
+        "    if get_settings().provider_health:\n        provider_health.record(",
+        "    if True:\n        provider_health.record(",
+        ("tests/test_routing_seam.py::test_routing_works_with_health_off_and_records_only_with_it_on",),
+        "KETTA_PROVIDER_HEALTH=false records nothing, while the routing seam (fallback, pools) still runs.",
+    ),
+    Mutation(
+        "routing-state-on-letta-client",
+        "ketta/providers/routing.py",
+        "    state.instrumented = True",
+        "    state.instrumented = True\n    client._ketta_instrumented = True",
+        ("tests/test_routing_seam.py::test_routing_keeps_its_state_beside_the_client_not_on_it",),
+        "Routing keeps its per-client state beside Letta's client (a weak map), not as attributes on it.",
+    ),
+    Mutation(
         "layering-check-blind",
         "tests/test_architecture.py",
         "            if LAYERS.index(there) > LAYERS.index(here):",

@@ -49,7 +49,7 @@ HOOKS = [
          why="Letta's clients would send the operator's env keys for any keyless call: kept in Ketta's memory instead."),
     # --- run-time wrappers of Letta objects
     Hook(name="LLM client instances: request_async, stream_async, request_embeddings, request wrapped", kind="wrapper",
-         installed_by="ketta.providers.routing:instrument", setting="provider_health",
+         installed_by="ketta.providers.routing:instrument", setting="llm_routing",
          why="Every LLM call is recorded for provider health and routed (fallback handles, pools); called from the "
          "patched LLMClientBase.__init__."),
     Hook(name="LLM client instances: request_async, stream_async recorded in the usage ledger (inside routing)", kind="wrapper",

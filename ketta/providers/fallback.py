@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from ketta.providers import health as provider_health
+from ketta.providers.client_state import known, state_of
 
 log = logging.getLogger("ketta.fallback")
 
@@ -91,23 +92,24 @@ def retriable(exc: BaseException) -> bool:
 
 def attach(client: Any, handles: list[str]) -> None:
     """Give an agent's LLM client its fallback list, and remember how it builds requests."""
-    client._ketta_fallbacks = list(handles)
-    if getattr(client, "_ketta_build_recorded", False):
+    state = state_of(client)
+    state.fallbacks = list(handles)
+    if state.build_recorded:
         return
     build = client.build_request_data
     signature = inspect.signature(build)
 
     def recording_build(*args: Any, **kwargs: Any) -> Any:
         try:
-            client._ketta_build_arguments = dict(signature.bind(*args, **kwargs).arguments)
+            state.build_arguments = dict(signature.bind(*args, **kwargs).arguments)
         except TypeError:
-            client._ketta_build_arguments = None
+            state.build_arguments = None
         return build(*args, **kwargs)
 
     convert = client.convert_response_to_chat_completion
 
     async def converting(response_data: Any, input_messages: Any, llm_config: Any) -> Any:
-        answer = getattr(client, "_ketta_answer", None)
+        answer = state.answer
         if answer is not None and answer[2] is response_data:
             fallback_client, fallback_config, _ = answer
             return await fallback_client.convert_response_to_chat_completion(response_data, input_messages, fallback_config)
@@ -115,11 +117,12 @@ def attach(client: Any, handles: list[str]) -> None:
 
     client.build_request_data = recording_build
     client.convert_response_to_chat_completion = converting
-    client._ketta_build_recorded = True
+    state.build_recorded = True
 
 
 def _rebuilt(client: Any, fallback_client: Any, fallback_config: Any, request_data: dict) -> dict:
-    arguments = getattr(client, "_ketta_build_arguments", None)
+    state = known(client)
+    arguments = state.build_arguments if state is not None else None
     if arguments:
         data = fallback_client.build_request_data(**{**arguments, "llm_config": fallback_config})
         if "parallel_tool_calls" in request_data and "parallel_tool_calls" in data:
@@ -143,7 +146,7 @@ async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_
     from letta.llm_api.llm_client import LLMClient
 
     actor = client.actor
-    for handle in client._ketta_fallbacks:
+    for handle in state_of(client).fallbacks:
         if handle == llm_config.handle:
             continue
         try:
@@ -167,7 +170,7 @@ async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_
             if retriable(exc):
                 continue
             raise
-        client._ketta_answer = (fallback_client, config, result)
+        state_of(client).answer = (fallback_client, config, result)
         answered_by.set(config)
         return result
     if error is None:
@@ -176,5 +179,6 @@ async def send_elsewhere(client: Any, method_name: str, request_data: dict, llm_
 
 
 def fallbacks_of(client: Any) -> list[str] | None:
-    return getattr(client, "_ketta_fallbacks", None) or None
+    state = known(client)
+    return (state.fallbacks if state is not None else None) or None
 

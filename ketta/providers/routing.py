@@ -21,10 +21,9 @@ import time
 from typing import Any, Awaitable, Callable
 
 from ketta.providers import fallback as provider_fallback, health as provider_health, pools as provider_pools
+from ketta.providers.client_state import state_of
 from ketta.usage import context as usage_context
 from ketta.usage import ledger as usage_ledger
-
-WRAPPED = "_ketta_instrumented"
 
 
 def provider_of(config: Any) -> str | None:
@@ -131,7 +130,7 @@ class RecordedStream:
                 raise
             except Exception as exc:
                 if self._where[1] is not None:
-                    provider_health.record(*self._where, exc, time.perf_counter() - self._started)
+                    _record(*self._where, exc, time.perf_counter() - self._started)
                 if self._token_seen or self._reopen is None or not provider_fallback.retriable(exc):
                     raise
                 await self._switch(exc)
@@ -189,7 +188,7 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         if sendable:  # set again by whoever answers instead of this call's own provider (a fallback, a pool member)
             provider_fallback.answered_by.set(None)
         if fallbacks:
-            client._ketta_answer = None
+            state_of(client).answer = None
         if fallbacks and len(args) >= 2 and provider_health.cooling_until(organization, provider):
             try:  # the primary asked for a pause: its fallbacks first, the primary only if none answers
                 return await _send_elsewhere(client, method.__name__, args[0], args[1], None, kwargs)
@@ -206,11 +205,11 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            provider_health.record(organization, provider, exc, time.perf_counter() - started)
+            _record(organization, provider, exc, time.perf_counter() - started)
             if fallbacks and len(args) >= 2 and provider_fallback.retriable(exc):
                 return await _send_elsewhere(client, method.__name__, args[0], args[1], exc, kwargs)
             raise
-        provider_health.record(organization, provider, None, time.perf_counter() - started)
+        _record(organization, provider, None, time.perf_counter() - started)
         if stream and hasattr(result, "__aiter__"):
             reopen = None
             if fallbacks and len(args) >= 2:
@@ -220,6 +219,14 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
         return result
 
     return recorded
+
+
+def _record(organization: str | None, provider: str | None, error: BaseException | None, seconds: float) -> None:
+    """The call's outcome to provider health, when health is on (routing works without it)."""
+    from ketta.core.settings import get_settings
+
+    if get_settings().provider_health:
+        provider_health.record(organization, provider, error, seconds)
 
 
 def _pools_on() -> bool:
@@ -280,10 +287,10 @@ def _async_generator_wrapper(client: Any, method: Callable) -> Callable:
             async for item in method(*args, **kwargs):
                 if not opened:
                     opened = True
-                    provider_health.record(organization, provider, None, time.perf_counter() - started)
+                    _record(organization, provider, None, time.perf_counter() - started)
                 yield item
         except Exception as exc:
-            provider_health.record(organization, provider, exc, time.perf_counter() - started)
+            _record(organization, provider, exc, time.perf_counter() - started)
             raise
 
     return recorded
@@ -297,9 +304,9 @@ def _sync_wrapper(client: Any, method: Callable) -> Callable:
         try:
             result = method(*args, **kwargs)
         except Exception as exc:
-            provider_health.record(organization, provider, exc, time.perf_counter() - started)
+            _record(organization, provider, exc, time.perf_counter() - started)
             raise
-        provider_health.record(organization, provider, None, time.perf_counter() - started)
+        _record(organization, provider, None, time.perf_counter() - started)
         return result
 
     return recorded
@@ -307,7 +314,8 @@ def _sync_wrapper(client: Any, method: Callable) -> Callable:
 
 def instrument(client: Any) -> None:
     """Wrap the client's sending methods on the instance (idempotent)."""
-    if getattr(client, WRAPPED, False):
+    state = state_of(client)
+    if state.instrumented:
         return
     for name in ("request_async", "stream_async", "request_embeddings", "request"):
         method = getattr(client, name, None)
@@ -321,4 +329,4 @@ def instrument(client: Any) -> None:
         else:
             wrapped = _sync_wrapper(client, method)
         setattr(client, name, wrapped)
-    setattr(client, WRAPPED, True)
+    state.instrumented = True

@@ -56,7 +56,7 @@ def _bind_endpoint(llm_config: LLMConfig, row: ProviderRow) -> None:
 
 
 def __init__(self: LLMClientBase, *args, **kwargs) -> None:
-    """Letta's constructor, then the client's sending methods report to provider health."""
+    """Letta's constructor, then the client's sending methods go through the routing seam."""
     patching.original(f"{TARGET}.__init__")(self, *args, **kwargs)
     llm_calls.instrument(self)
 
@@ -82,8 +82,8 @@ PATCHES = [
         target=f"{TARGET}.__init__",
         replacement=__init__,
         fingerprint="2c23bc4a96ba6da5",
-        setting="provider_health",
-        why="Every LLM client is built here: its request/stream/embedding calls record their provider's outcome "
-        "(status class, latency, scrubbed error) for GET /v1/providers/{id}/health.",
+        setting="llm_routing",
+        why="Every LLM client is built here: its request/stream/embedding calls go through Ketta's routing seam "
+        "(ketta.providers.routing): provider health (GET /v1/providers/{id}/health), fallback handles, pools.",
     ),
 ]
