@@ -222,3 +222,18 @@ def test_error_bodies_are_scrubbed_behind_letta_style_middleware() -> None:
     assert fine.json()["memory"] == f"the user wrote Bearer abcdefgh123 and {REDACTED}"
     streamed = client.get("/events")
     assert key not in streamed.text and "[DONE]" in streamed.text
+
+
+def test_one_scrubber_its_strict_mode_is_provider_health_s() -> None:
+    """Provider health stores error texts to show them again: it uses the shared scrubber's strict
+    mode (any xx- key prefix, token/secret/password assignments, URL credentials), not a copy."""
+    from ketta.providers import health
+    from ketta.security import redaction
+
+    text = "upstream said: pk-abcdef123456 token=hunter22secret at https://user:pa55word@llm.example/v1"
+    strict = redaction.scrub(text, strict=True)
+    for secret in ("pk-abcdef123456", "hunter22secret", "pa55word"):
+        assert secret not in strict, strict
+    assert "upstream said" in strict and "llm.example/v1" in strict
+    assert health.scrub(text) == strict
+    assert "token=hunter22secret" in redaction.scrub(text), "responses and logs keep their (narrower) rules"

@@ -1067,6 +1067,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Routing keeps its per-client state beside Letta's client (a weak map), not as attributes on it.",
     ),
     Mutation(
+        "health-scrub-not-strict",
+        "ketta/security/redaction.py",
+        "    if strict:\n",
+        "    if False:\n",
+        ("tests/test_redaction.py::test_one_scrubber_its_strict_mode_is_provider_health_s",),
+        "Provider health's stored error texts lose token/secret assignments and URL credentials too.",
+    ),
+    Mutation(
         "layering-check-blind",
         "tests/test_architecture.py",
         "            if LAYERS.index(there) > LAYERS.index(here):",

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -67,25 +66,12 @@ _pending: set[asyncio.Task] = set()  # immediate flushes, referenced until done
 
 # --- classification and scrubbing ------------------------------------------------------------
 
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"\b(sk|pk|rk|ak)-[A-Za-z0-9_-]{6,}"),
-    re.compile(r"(?i)((?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"),
-    re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@"),
-)
-
-
 def scrub(text: str) -> str:
-    """An error text without key material (Ketta's shared scrubber when there is one)."""
-    try:
-        from ketta.security.redaction import scrub as shared_scrub  # type: ignore[attr-defined]
-    except ImportError:
-        shared_scrub = None
-    if shared_scrub is not None:
-        text = shared_scrub(text)
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + "[redacted]", text)
-    return text[:MAX_ERROR_CHARS]
+    """An error text without key material, cut to what the health answer shows (the one scrubber,
+    :func:`ketta.security.redaction.scrub`, in its strict mode)."""
+    from ketta.security.redaction import scrub as shared_scrub
+
+    return shared_scrub(text, strict=True)[:MAX_ERROR_CHARS]
 
 
 def status_code_of(exc: BaseException) -> int | None:

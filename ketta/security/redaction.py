@@ -98,6 +98,15 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)([?&](?:key|api_key|apikey|access_token|token)=)[^&\s'\"]+"), r"\1" + REDACTED),
 )
 
+# Stricter still, for text that is stored and shown again (provider health's last errors): any
+# ``xx-`` key prefix, ``token``/``secret``/``password`` assignments, credentials in a URL.
+_STRICT_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\b(sk|pk|rk|ak)-[A-Za-z0-9_-]{6,}"),
+    re.compile(r"(?i)((?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"),
+    re.compile(r"(?i)(://[^:/@\s]+:)[^@\s]+@"),
+)
+
 _lock = threading.Lock()
 _known: "OrderedDict[str, None]" = OrderedDict()
 _known_pattern: re.Pattern[str] | None = None
@@ -140,13 +149,17 @@ def scrub_known(text: str) -> str:
     return pattern.sub(REDACTED, text) if pattern is not None and text else text
 
 
-def scrub(text: str) -> str:
-    """``text`` without remembered keys or credential-shaped tokens."""
+def scrub(text: str, *, strict: bool = False) -> str:
+    """``text`` without remembered keys or credential-shaped tokens; ``strict`` also removes any
+    token/secret/password assignment and URL credentials (text stored to be shown again)."""
     if not text:
         return text
     text = scrub_known(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
+    if strict:
+        for strict_pattern in _STRICT_PATTERNS:
+            text = strict_pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + REDACTED, text)
     return text
 
 
