@@ -20,8 +20,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 log = logging.getLogger("ketta.database")
 
@@ -40,6 +43,21 @@ def sync_url(uri: str) -> str:
     query = parts.query.replace("ssl=", "sslmode=")
     return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
 
+
+
+def one_shot_engine(uri: str) -> sa.Engine:
+    """A synchronous engine without a pool, for commands and start-up steps that connect once
+    (migrations, the keyring check and rotation)."""
+    import sqlalchemy as sa
+
+    return sa.create_engine(sync_url(uri), poolclass=sa.NullPool)
+
+
+def table_exists(connection: sa.Connection, table: str) -> bool:
+    """Whether ``public.<table>`` exists."""
+    import sqlalchemy as sa
+
+    return connection.execute(sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"public.{table}"}).scalar_one()
 
 def redact(uri: str) -> str:
     """The URI without its password, for messages and logs."""

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.engine import Connection
 
 from ketta.core.settings import KettaSettings
+from ketta.db.database import one_shot_engine, table_exists
 from ketta.db.migrations import ENCRYPTION_CHECK_TABLE as CHECK_TABLE
 
 log = logging.getLogger("ketta.keyring")
@@ -324,9 +325,6 @@ def read_values(conn: Connection, columns: Iterable[tuple[str, str]], limit: int
     return values
 
 
-def _table_exists(conn: Connection, table: str) -> bool:
-    return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"public.{table}"}).scalar_one()
-
 
 def read_check(conn: Connection) -> tuple[str, str] | None:
     """(key id, encrypted token) of the check row, or None."""
@@ -347,11 +345,6 @@ def _check_key_index(check: tuple[str, str], keys: Sequence[str]) -> int | None:
     found = which_key(token, keys, first)
     return found[0] if found and found[1] == CHECK_TOKEN else None
 
-
-def _engine(uri: str) -> sa.Engine:
-    from ketta.db.database import sync_url
-
-    return sa.create_engine(sync_url(uri), poolclass=sa.NullPool)
 
 
 def _lock(conn: Connection) -> None:
@@ -399,7 +392,7 @@ def verify(uri: str, keyring: Keyring) -> Key:
     replicas starting together agree. Raises :class:`KeyringError` with the one line to print.
     """
     keys = keyring.values()
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as conn:
             check = read_check(conn)
@@ -485,7 +478,7 @@ def _decrypt_all(values: Sequence[StoredValue], keys: Sequence[str], workers: in
 
 def _read_stored(conn: Connection) -> tuple[list[tuple[str, str]], list[StoredValue], tuple[str, str] | None]:
     """(encrypted columns, their stored values, the check row) of a database with Ketta's schema."""
-    if not _table_exists(conn, CHECK_TABLE):
+    if not table_exists(conn, CHECK_TABLE):
         raise KeyringError("This database has no Ketta schema yet: run `ketta db upgrade` (or start the server) first.")
     columns = encrypted_columns(conn)
     return columns, read_values(conn, columns), read_check(conn)
@@ -494,7 +487,7 @@ def _read_stored(conn: Connection) -> tuple[list[tuple[str, str]], list[StoredVa
 def check(uri: str, keyring: Keyring) -> Report:
     """Decrypt every stored secret with the keyring and count what each key reads."""
     keys = keyring.values()
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as conn:
             columns, values, check_row = _read_stored(conn)
@@ -558,7 +551,7 @@ def rotate(uri: str, keyring: Keyring, new_key: str, *, skip_undecryptable: bool
 
     started = time.monotonic()
     keys = keyring.values()
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as conn:
             columns, first_read, check_row = _read_stored(conn)

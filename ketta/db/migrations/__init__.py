@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ketta.db.database import one_shot_engine, table_exists
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -88,14 +90,6 @@ def _alembic_config(connection: Connection) -> "Config":
     return config
 
 
-def _engine(uri: str) -> sa.Engine:
-    from ketta.db.database import sync_url
-
-    return sa.create_engine(sync_url(uri), poolclass=sa.NullPool)
-
-
-def _table_exists(connection: Connection, table: str) -> bool:
-    return connection.execute(sa.text("SELECT to_regclass(:name) IS NOT NULL"), {"name": f"public.{table}"}).scalar_one()
 
 
 def _ketta_revision(connection: Connection) -> str | None:
@@ -109,9 +103,9 @@ def _adopt_or_refuse(connection: Connection, config: "Config") -> None:
     """Stamp the baseline on a Letta 0.16.8 database; refuse databases of unknown provenance."""
     from alembic import command
 
-    if _table_exists(connection, VERSION_TABLE):
+    if table_exists(connection, VERSION_TABLE):
         return
-    if _table_exists(connection, LETTA_VERSION_TABLE):
+    if table_exists(connection, LETTA_VERSION_TABLE):
         letta_revisions = sorted(
             row[0] for row in connection.execute(sa.text(f"SELECT version_num FROM {LETTA_VERSION_TABLE}"))
         )
@@ -125,7 +119,7 @@ def _adopt_or_refuse(connection: Connection, config: "Config") -> None:
             )
         command.stamp(config, BASELINE_REVISION)
         return
-    present = [table for table in LETTA_MARKER_TABLES if _table_exists(connection, table)]
+    present = [table for table in LETTA_MARKER_TABLES if table_exists(connection, table)]
     if present:
         raise MigrationError(
             f"This database has Letta tables ({', '.join(present)}) but neither Letta's {LETTA_VERSION_TABLE} "
@@ -144,7 +138,7 @@ def _run(uri: str, action: Callable[[Connection, "Config"], None]) -> None:
     """Run ``action(connection, config)`` in one transaction under the migration lock."""
     from alembic.util.exc import CommandError
 
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with _in_process_lock, engine.connect() as connection, connection.begin():
             _locked_transaction(connection)
@@ -160,10 +154,10 @@ def _run(uri: str, action: Callable[[Connection, "Config"], None]) -> None:
 
 def _at_head(uri: str) -> bool:
     """Whether Ketta's version table already names the head revision (one read, no alembic)."""
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as connection:
-            if not _table_exists(connection, VERSION_TABLE):
+            if not table_exists(connection, VERSION_TABLE):
                 return False
             versions = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
             return versions == [HEAD_REVISION]
@@ -189,7 +183,7 @@ def downgrade(uri: str, revision: str) -> None:
     from alembic import command
 
     def action(connection: Connection, config: "Config") -> None:
-        if not _table_exists(connection, VERSION_TABLE):
+        if not table_exists(connection, VERSION_TABLE):
             raise MigrationError(f"This database has no {VERSION_TABLE} table: Ketta has not migrated it, nothing to revert.")
         command.downgrade(config, revision)
 
@@ -198,7 +192,7 @@ def downgrade(uri: str, revision: str) -> None:
 
 def current(uri: str) -> str | None:
     """Ketta's revision of the database, or None if Ketta has not migrated it."""
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as connection:
             return _ketta_revision(connection)
@@ -273,7 +267,7 @@ def schema_diff(actual: dict[str, list[Any]], expected: dict[str, list[Any]]) ->
 
 def snapshot_database(uri: str, **kwargs: Any) -> dict[str, list[Any]]:
     """``schema_snapshot`` of the database at ``uri``."""
-    engine = _engine(uri)
+    engine = one_shot_engine(uri)
     try:
         with engine.connect() as connection:
             return schema_snapshot(connection, **kwargs)
