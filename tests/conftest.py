@@ -5,7 +5,7 @@ Remote LLM APIs are the only thing replaced, by local HTTP servers on 127.0.0.1.
 How the suite stays fast (README "Tests"): the whole suite runs on parallel workers
 (pytest-xdist, ``-n auto --dist loadgroup`` set in ``pytest_cmdline_main`` below:
 ``WORKERS_FOR_THE_SUITE`` workers when no test file is named, in-process when one is). Each worker is a pytest session of its own, so every session
-fixture below exists once per worker. A new server start costs every run ~30 s of CPU: prefer,
+fixture below exists once per worker. A new server start costs every run ~15 s of CPU: prefer,
 in this order,
 
 - ``api`` / ``shared_server`` / ``shared_db``: the session's Ketta server (default settings, login
