@@ -242,3 +242,23 @@ def timeout_error(provider_name: str | None, base_url: str | None, cause: Except
         details={"provider": provider_name, "cause": type(cause).__name__},
     )
 
+
+def guarded_sdk_client_classes(sdk_base_client: Any, lib: str) -> tuple[type, type]:
+    """The SDK's default httpx client classes (``AsyncHttpxClientWrapper``/``SyncHttpxClientWrapper``
+    of ``openai._base_client`` or ``anthropic._base_client``) on the URL guard's transport: the one
+    factory both SDK patches use. ``lib`` is the httpx module name the SDK imports ("httpx", "httpx2")."""
+    from ketta.security.url_guard import with_guarded_transport
+
+    class GuardedAsyncHttpxClientWrapper(sdk_base_client.AsyncHttpxClientWrapper):  # type: ignore[name-defined,misc]
+        """The SDK's default async client, on Ketta's guarded transport."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**with_guarded_transport(kwargs, lib))
+
+    class GuardedSyncHttpxClientWrapper(sdk_base_client.SyncHttpxClientWrapper):  # type: ignore[name-defined,misc]
+        """The SDK's default sync client, on Ketta's guarded transport."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**with_guarded_transport(kwargs, lib, asynchronous=False))
+
+    return GuardedAsyncHttpxClientWrapper, GuardedSyncHttpxClientWrapper

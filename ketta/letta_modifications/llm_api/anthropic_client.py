@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import logging
 from functools import lru_cache
-from typing import Any
 
 import anthropic._base_client as sdk
 from anthropic.resources.beta.messages import AsyncMessages
@@ -26,23 +25,11 @@ from letta.schemas.llm_config import LLMConfig
 
 from ketta.core import patching
 from ketta.providers import keys as provider_keys
-from ketta.llm.http import ANTHROPIC_DEFAULT_BASE_URL, bounded_init
+from ketta.llm.http import ANTHROPIC_DEFAULT_BASE_URL, bounded_init, guarded_sdk_client_classes
 from ketta.core.patching import Patch
-from ketta.security.url_guard import with_guarded_transport
 
 
-class GuardedAsyncHttpxClientWrapper(sdk.AsyncHttpxClientWrapper):
-    """The SDK's default async client, on Ketta's guarded transport."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**with_guarded_transport(kwargs, "httpx2"))
-
-
-class GuardedSyncHttpxClientWrapper(sdk.SyncHttpxClientWrapper):
-    """The SDK's default sync client, on Ketta's guarded transport."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**with_guarded_transport(kwargs, "httpx2", asynchronous=False))
+GuardedAsyncHttpxClientWrapper, GuardedSyncHttpxClientWrapper = guarded_sdk_client_classes(sdk, "httpx2")
 
 
 GUARD_WHY = "Anthropic SDK clients Letta builds connect only to addresses the URL guard allows (private hosts, DNS rebinding, redirects)."

@@ -20,10 +20,9 @@ import openai._base_client as sdk
 from ketta.core import patching
 from ketta.core.patching import Patch
 from ketta.providers.key_binding import endpoint_for_call
-from ketta.llm.http import OPENAI_DEFAULT_BASE_URL, bounded_init
+from ketta.llm.http import OPENAI_DEFAULT_BASE_URL, bounded_init, guarded_sdk_client_classes
 from ketta.providers.keys import lookup, lookup_key_async
 from ketta.providers.rules import NO_KEY
-from ketta.security.url_guard import with_guarded_transport
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
 
@@ -43,18 +42,7 @@ def _prepare_client_kwargs_embedding(self: OpenAIClient, embedding_config: Embed
     return kwargs
 
 
-class GuardedAsyncHttpxClientWrapper(sdk.AsyncHttpxClientWrapper):
-    """The SDK's default async client, on Ketta's guarded transport."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**with_guarded_transport(kwargs))
-
-
-class GuardedSyncHttpxClientWrapper(sdk.SyncHttpxClientWrapper):
-    """The SDK's default sync client, on Ketta's guarded transport."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**with_guarded_transport(kwargs, asynchronous=False))
+GuardedAsyncHttpxClientWrapper, GuardedSyncHttpxClientWrapper = guarded_sdk_client_classes(sdk, "httpx")
 
 
 GUARD_WHY = "OpenAI SDK clients Letta builds connect only to addresses the URL guard allows (private hosts, DNS rebinding, redirects)."
