@@ -48,6 +48,7 @@ from letta.settings import INNER_THOUGHTS_KWARG
 
 from ketta.providers.kimi import KIMI_PROVIDER_TYPE, is_thinking_model
 from ketta.llm.http import timeout_error
+from ketta.llm.streams import StreamProxy
 from ketta.providers.keys import provider_type_async
 
 logger = get_logger("ketta.kimi")
@@ -162,14 +163,14 @@ def _synthetic_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-class MoonshotStream:
+class MoonshotStream(StreamProxy):
     """Wraps a Moonshot Chat Completions stream. It records the model's ``reasoning_content``
     (:attr:`reasoning`), which Letta's memgpt-style streaming interface ignores. If a relaxed
     forced call ends as plain text, that text is delivered as a ``send_message`` tool call
     instead (text chunks are held back until a tool call shows up, so nothing is shown twice)."""
 
     def __init__(self, stream: Any, adjustment: MoonshotAdjustment):
-        self._stream = stream
+        super().__init__(stream)
         self._adjustment = adjustment
         self._reasoning: list[str] = []
 
@@ -183,23 +184,6 @@ class MoonshotStream:
         text = getattr(choice.delta, "reasoning_content", None) if choice is not None and choice.delta is not None else None
         if text:
             self._reasoning.append(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def __aenter__(self) -> "MoonshotStream":
-        if hasattr(self._stream, "__aenter__"):
-            await self._stream.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        if hasattr(self._stream, "__aexit__"):
-            return await self._stream.__aexit__(*exc_info)
-        return None
-
-    async def close(self) -> None:
-        if hasattr(self._stream, "close"):
-            await self._stream.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return _SendMessagePieces(self._adjustment).chunks(self._chunks() if self._adjustment.relaxed_forced_call else self._recorded())

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from ketta.providers import fallback as provider_fallback, health as provider_health, pools as provider_pools
 from ketta.providers.client_state import state_of
+from ketta.llm.streams import StreamProxy
 from ketta.usage import context as usage_context
 from ketta.usage import ledger as usage_ledger
 
@@ -75,7 +76,7 @@ def carries_token(item: Any) -> bool:
     return getattr(item, "type", None) not in _PRE_TOKEN_EVENTS
 
 
-class RecordedStream:
+class RecordedStream(StreamProxy):
     """A provider's stream, recording a failure while it is read (the open was recorded already).
 
     With ``reopen`` (the agent has fallback handles, or the handle is a pool), the chunks before
@@ -85,7 +86,7 @@ class RecordedStream:
     (the client gets Letta's error event, no text twice)."""
 
     def __init__(self, stream: Any, organization_id: str | None, provider: str | None, reopen: Reopen | None = None):
-        self._stream = stream
+        super().__init__(stream)
         self._where = (organization_id, provider)
         self._started = time.perf_counter()
         self._reopen = reopen
@@ -94,23 +95,10 @@ class RecordedStream:
         self._ready: list[Any] = []
         self._entered = False
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
     async def __aenter__(self) -> "RecordedStream":
-        if hasattr(self._stream, "__aenter__"):
-            await self._stream.__aenter__()
+        await super().__aenter__()
         self._entered = True
         return self
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        if hasattr(self._stream, "__aexit__"):
-            return await self._stream.__aexit__(*exc_info)
-        return None
-
-    async def close(self) -> None:
-        if hasattr(self._stream, "close"):
-            await self._stream.close()
 
     def __aiter__(self) -> "RecordedStream":
         self._iterator = self._stream.__aiter__()
