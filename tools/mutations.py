@@ -1146,6 +1146,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_usage.py::test_operator_price_gives_the_cost",),
         "The operator's price for a provider and model gives the call's cost.",
     ),
+    Mutation(
+        "usage-fallback-not-flagged",
+        "ketta/providers/routing.py",
+        "    marked = usage_context.via_fallback.set(True)",
+        "    marked = usage_context.via_fallback.set(False)",
+        ("tests/test_usage.py::test_fallback_and_pool_member_attempts_are_each_a_row",),
+        "A ledger row says when an agent's fallback handle answered.",
+    ),
+    Mutation(
+        "usage-pool-not-named",
+        "ketta/providers/routing.py",
+        "        member_of = usage_context.via_pool.set(pool)",
+        "        member_of = usage_context.via_pool.set(None)",
+        ("tests/test_usage.py::test_fallback_and_pool_member_attempts_are_each_a_row",),
+        "A ledger row names the pool whose member took the call.",
+    ),
+    Mutation(
+        "usage-anthropic-cache-not-in-prompt",
+        "ketta/usage/tokens.py",
+        "            prompt=_sum(_int(_get(usage, \"input_tokens\")), cache_read, cache_write),",
+        "            prompt=_int(_get(usage, \"input_tokens\")),",
+        ("tests/test_usage.py::test_anthropic_usage_blocking_and_streamed",),
+        "Anthropic's prompt tokens include its cache reads and writes (its input_tokens does not).",
+    ),
 )
 
 
