@@ -93,6 +93,18 @@ def test_blocking_and_streamed_calls_are_recorded_to_the_token(shared_server: Ke
     assert (only["prompt_tokens"], only["completion_tokens"], only["cached_input_tokens"], only["reasoning_tokens"]) == (2468, 112, 2000, 40)
     assert only["cost_usd"] is None and only["calls_cost_unknown"] == 2
 
+    with shared_server.client() as client:  # hard-deleted provider and agent: their usage stays, by name
+        provider_id = next(p["id"] for p in client.get("/v1/providers/").json() if p["name"] == name)
+        assert client.delete(f"/v1/agents/{agent_id}").status_code == 200
+        assert client.delete(f"/v1/providers/{provider_id}").status_code == 200
+        by_provider = client.get("/v1/usage/", params={"group_by": "provider", "provider": name}).json()
+        by_agent = client.get("/v1/usage/", params={"group_by": "agent", "agent_id": agent_id}).json()
+        by_day = client.get("/v1/usage/export.csv", params={"group_by": "day", "agent_id": agent_id})
+    assert [(r["key"], r["calls"], r["prompt_tokens"]) for r in by_provider["rows"]] == [(name, 2, 2468)]
+    assert by_agent["rows"][0]["label"].startswith("usage-")
+    [day] = list(csv.DictReader(io.StringIO(by_day.text)))
+    assert day["calls"] == "2" and day["total_tokens"] == "2580" and day["cost_usd"] == ""
+
 
 def test_moonshot_style_usage_in_the_final_choice_is_read(shared_server: KettaProcess, shared_db: sa.Engine) -> None:
     reported = {"prompt_tokens": 300, "completion_tokens": 7, "total_tokens": 307, "cached_tokens": 256}
@@ -261,3 +273,40 @@ def test_concurrent_calls_overshoot_a_provider_budget_by_the_calls_in_flight_onl
         assert [(b["name"], b["exceeded"], b["hard"]) for b in health["budgets"]] == [(hard.json()["name"], True, True)]
         assert client.delete(f"/v1/ketta/budgets/{hard.json()['id']}").status_code == 200
         assert send(client, agents[0]).status_code == 200  # over its soft budget: the call goes on
+
+
+def test_the_price_catalog_knows_moonshot_anthropic_and_openai_but_not_a_custom_endpoint() -> None:
+    from ketta.usage.prices import catalog_cost
+    from ketta.usage.tokens import Tokens
+
+    tokens = Tokens(prompt=1_000_000, completion=1_000_000, cached_input=0)
+    for provider_type, base_url, model in (("kimi", "https://api.moonshot.ai/v1", "kimi-k2-0905-preview"),
+                                           ("kimi", "https://api.moonshot.cn/v1", "kimi-k2-turbo-preview"),
+                                           ("openai", "https://api.openai.com/v1", "gpt-4o-mini"),
+                                           ("openai", None, "gpt-4o-mini"),
+                                           ("anthropic", None, "claude-sonnet-4-5")):
+        cost = catalog_cost(provider_type, base_url, model, tokens)
+        assert cost is not None and cost > 0, (provider_type, base_url, model)
+    assert catalog_cost("openai", "https://api.openai.com/v1", "gpt-4o-mini", tokens) == Decimal("0.75")  # $0.15 + $0.60 per M
+    assert catalog_cost("openai", "http://127.0.0.1:8000/v1", "gpt-4o-mini", tokens) is None  # a custom endpoint: unknown
+    assert catalog_cost("ollama", None, "llama3", tokens) is None
+    assert catalog_cost("openai", None, "gpt-4o-mini", Tokens()) is None  # no usage reported: unknown, not 0
+
+
+def test_usage_reports_of_every_wire_format() -> None:
+    from ketta.usage.tokens import StreamTally, from_response
+
+    def fields(t: Any) -> tuple:
+        return (t.prompt, t.completion, t.cached_input, t.cache_write, t.reasoning)
+
+    assert fields(from_response({"usage": {"input_tokens": 50, "output_tokens": 9, "input_tokens_details": {"cached_tokens": 40},
+                                           "output_tokens_details": {"reasoning_tokens": 3}}})) == (50, 9, 40, None, 3)  # Responses
+    assert fields(from_response({"model": "llama3", "done": True, "prompt_eval_count": 26, "eval_count": 290})) == (26, 290, None, None, None)
+    assert fields(from_response({"usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 64}})) == (100, 5, 64, None, None)
+    assert fields(from_response({"choices": []})) == (None, None, None, None, None)
+    tally = StreamTally()  # Anthropic streamed: input side first, output counts cumulative
+    for event in ({"type": "message_start", "message": {"usage": {"input_tokens": 10, "cache_read_input_tokens": 90, "output_tokens": 1}}},
+                  {"type": "content_block_delta"}, {"type": "message_delta", "usage": {"output_tokens": 7}},
+                  {"type": "message_delta", "usage": {"output_tokens": 12}}, {"type": "message_stop"}):
+        tally.see(event)
+    assert fields(tally.tokens) == (100, 12, 90, None, None)
