@@ -271,6 +271,7 @@ def test_concurrent_calls_overshoot_a_provider_budget_by_the_calls_in_flight_onl
         provider_id = next(p["id"] for p in client.get("/v1/providers/").json() if p["name"] == name)
         health = client.get(f"/v1/providers/{provider_id}/health").json()
         assert [(b["name"], b["exceeded"], b["hard"]) for b in health["budgets"]] == [(hard.json()["name"], True, True)]
+        assert health["errors"] == 0, health  # a refused call never reached the provider: not its error
         assert client.delete(f"/v1/ketta/budgets/{hard.json()['id']}").status_code == 200
         assert send(client, agents[0]).status_code == 200  # over its soft budget: the call goes on
 

@@ -226,10 +226,13 @@ async def usage_export_csv(
 
 
 def _cell(value: Any) -> Any:
+    """A CSV cell; text a spreadsheet would run as a formula (an agent named '=HYPERLINK(...)') is quoted with '."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
     return value
 
 

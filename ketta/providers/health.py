@@ -153,9 +153,15 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 
 def record(organization_id: str | None, provider_name: str | None, error: BaseException | None, latency_s: float) -> None:
-    """One call's outcome: a few dict/deque operations under a lock, then back to the caller."""
+    """One call's outcome: a few dict/deque operations under a lock, then back to the caller. A call
+    a usage budget refused never reached the provider: not an outcome of the provider's."""
     if not organization_id or not provider_name:
         return
+    if error is not None and getattr(error, "budget", None) is not None:
+        from ketta.usage.budgets import BudgetExceeded
+
+        if isinstance(error, BudgetExceeded):
+            return
     now = time.time()
     cls = status_class(error)
     message = scrub(f"{type(error).__name__}: {error}") if error is not None else None

@@ -11,8 +11,9 @@ breaks, or is closed unfinished ('incomplete', with what it reported so far).
 Before a call is sent, the budgets it counts for are read (:mod:`ketta.usage.budgets`); a spent
 hard budget refuses it (a 'refused' row, no tokens were sent). The row, its cost (the operator's
 price for that provider and model, else the catalog's, else NULL) and the budgets' spend are
-written by one SQL statement, awaited before the call's answer goes on (so the next call of the
-same agent sees the spend). KETTA_USAGE_LEDGER=false turns all of it off.
+written by one SQL statement, in a task of its own started as the call ends (the answer does not
+wait for it); a budget check first waits for this worker's writes in progress, so the next call
+sees the spend (other workers: once written, as for calls in flight). KETTA_USAGE_LEDGER=false turns all of it off.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ async def record(call: Call, tokens: Tokens, status: str, error_class: str | Non
 
 
 def record_later(call: Call, tokens: Tokens, status: str, error_class: str | None = None) -> None:
-    """Record from a place that cannot await (a cancelled call, a stream dropped unfinished)."""
+    """Record in a task of its own: the answer goes on at once (the write is off the round trip).
+    A budget check first waits for this worker's writes in progress (:func:`drain`)."""
     if call.done:
         return
     try:
@@ -150,6 +152,12 @@ def record_later(call: Call, tokens: Tokens, status: str, error_class: str | Non
 
 
 _pending: set[asyncio.Task] = set()
+
+
+async def drain() -> None:
+    """Wait for this worker's ledger writes in progress (their spend counts in the next budget check)."""
+    if _pending:
+        await asyncio.gather(*list(_pending), return_exceptions=True)
 
 
 class UsageStream:
@@ -192,13 +200,13 @@ class UsageStream:
         try:
             item = await self._iterator.__anext__()
         except StopAsyncIteration:
-            await record(self._call, self._tally.tokens, "ok")
+            record_later(self._call, self._tally.tokens, "ok")
             raise
         except asyncio.CancelledError:
             record_later(self._call, self._tally.tokens, "incomplete")
             raise
         except Exception as exc:
-            await record(self._call, self._tally.tokens, "error", self._classify(exc))
+            record_later(self._call, self._tally.tokens, "error", self._classify(exc))
             raise
         try:
             self._tally.see(item)
@@ -218,7 +226,7 @@ def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classi
             try:
                 await _check_budgets(call)
             except budgets.BudgetExceeded:
-                await record(call, Tokens(), "refused")
+                record_later(call, Tokens(), "refused")
                 raise
         call.started = time.perf_counter()
         try:
@@ -228,12 +236,12 @@ def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classi
             raise
         except Exception as exc:
             await _describe(call, describe)
-            await record(call, Tokens(), "error", classify(exc))
+            record_later(call, Tokens(), "error", classify(exc))
             raise
         await _describe(call, describe)
         if stream and hasattr(result, "__aiter__"):
             return UsageStream(result, call, classify)
-        await record(call, from_response(result), "ok")
+        record_later(call, from_response(result), "ok")
         return result
 
     return recorded
@@ -244,6 +252,7 @@ async def _check_budgets(call: Call) -> None:
     read_at, organizations = budgets._with_budgets
     if time.monotonic() - read_at <= budgets.BUDGETS_SEEN_S and call.organization_id not in organizations:
         return
+    await drain()
     async with await _session() as session:
         await budgets.check(session, call.budget_parameters())
 
