@@ -301,3 +301,35 @@ def test_azure_never_takes_the_key_from_the_environment(azure_patches, monkeypat
         key, base_url, _ = client._resolve_credentials(None, endpoint, None)
         assert key == "ketta-no-key", (endpoint, base_url)
     assert client._resolve_credentials("sk-stored", "https://user.example.com/openai/v1", None)[0] == "sk-stored"
+
+
+@pytest.fixture()
+def key_patches() -> Iterator[None]:
+    """Ketta's key patches of Letta's base and OpenAI clients, applied in this process for one test."""
+    from ketta.core import patching
+    from ketta.letta_modifications.llm_api import llm_client_base, openai_client
+
+    wanted = [p for p in llm_client_base.PATCHES + openai_client.PATCHES
+              if p.target.endswith(("get_byok_overrides", "_prepare_client_kwargs_embedding"))]
+    applied = [p for p in wanted if patching.apply(p)]
+    yield
+    for patch in applied:
+        patching.revert(patch)
+
+
+def test_letta_s_own_fallback_is_closed_even_with_keys_in_its_settings(key_patches, monkeypatch):
+    """The layer below the withholding: were OPENAI_API_KEY still in Letta's model_settings (the
+    unified_providers patches on, withholding bypassed), a config without provider_name and an
+    embedding config without a provider handle are still built with the placeholder."""
+    from letta.llm_api.openai_client import OpenAIClient
+    from letta.schemas.embedding_config import EmbeddingConfig
+    from letta.schemas.llm_config import LLMConfig
+    from letta.settings import model_settings
+
+    monkeypatch.setattr(model_settings, "openai_api_key", "opkey-openai-inproc")
+    client = OpenAIClient(actor=None)
+    config = LLMConfig(model="m", model_endpoint_type="openai", model_endpoint="https://user.example.com/v1", context_window=8000)
+    assert client._prepare_client_kwargs(config)["api_key"] == "ketta-no-key"
+    embedding = EmbeddingConfig(embedding_model="e", embedding_endpoint_type="openai", embedding_endpoint="https://user.example.com/v1",
+                                embedding_dim=8)
+    assert client._prepare_client_kwargs_embedding(embedding)["api_key"] == "ketta-no-key"
