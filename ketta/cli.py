@@ -97,6 +97,7 @@ def server(
     # Said at once: preparing the database and importing Letta take 10-30 s, silent until now.
     _starting = kind
     signal.signal(signal.SIGINT, _exit_on_sigterm)
+    _refuse_early_mistakes(host, port)  # a wrong port or database setting is one line, before the banner
     console.say(f"Starting Ketta {__version__} on http://{host}:{port}: database, migrations, then Letta's import "
                 "(10-30 s; Ctrl-C stops)", kind)
     import uvicorn
@@ -155,6 +156,24 @@ def server(
             uvicorn.run(app_, host=host, port=port, access_log=False, timeout_graceful_shutdown=grace, log_config=log_config)
     finally:
         database.stop_embedded()
+
+
+def _refuse_early_mistakes(host: str, port: int) -> None:
+    """The checks that take under a second: a port in use and a wrong external database setting.
+
+    Done before the start-up banner so that each such mistake is the only line printed; the
+    slow part (embedded PostgreSQL, migrations, Letta's import) repeats them where it needs to.
+    """
+    from ketta import startup
+    from ketta.db import database
+
+    try:
+        startup.check_port(host, port)
+        configured = database.configured_uri()
+        if configured is not None:
+            database.check_database(configured[0], source=configured[1])
+    except (database.DatabaseError, startup.PortInUse) as exc:
+        _fail(str(exc))
 
 
 _starting: str | None = None  # the log format while `ketta server` is starting (before uvicorn runs)
