@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -64,21 +66,41 @@ def test_enum_patch_is_first_so_pydantic_schemas_see_kimi():
     assert modules[0] == "ketta.letta_modifications.schemas.enums"
 
 
+def shadow_letta_with_changed_file(root: Path, relative: str, edit) -> Path:
+    """A `letta` package on ``root`` made of symlinks to the installed one, one file edited.
+
+    ``ketta patches verify`` reads the targets' source from disk (without importing Letta), so an
+    upgraded Letta is simulated on disk: ``PYTHONPATH=root`` makes this copy the one found.
+    """
+    import importlib.util
+
+    installed = Path(next(iter(importlib.util.find_spec("letta").submodule_search_locations)))
+    shadow = root / "letta"
+    parts = Path(relative).parts
+    directory, source = shadow, installed
+    for depth, part in enumerate(parts):
+        directory.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            if entry.name != part and entry.name != "__pycache__":
+                (directory / entry.name).symlink_to(entry)
+        if depth == len(parts) - 1:
+            (directory / part).write_text(edit((source / part).read_text()))
+        directory, source = directory / part, source / part
+    return root
+
+
 def test_verify_command_exits_nonzero_naming_a_changed_target(tmp_path):
     """Simulate an upgraded Letta: a declared target's source changed on disk."""
-    script = tmp_path / "drift.py"
-    script.write_text(
-        "import sys\n"
-        "from ketta import cli, letta_modifications\n"
-        "import letta.services.provider_manager as pm\n"
-        "async def delete_provider_by_id_async(self, provider_id, actor):\n"
-        "    return 'an upstream fix'\n"
-        "pm.ProviderManager.delete_provider_by_id_async = delete_provider_by_id_async\n"
-        "sys.argv = ['ketta', 'patches', 'verify']\n"
-        "cli.main()\n"
-    )
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    def upstream_fix(text: str) -> str:
+        line = "async def delete_provider_by_id_async(self, provider_id: str, actor: PydanticUser):"
+        assert line in text
+        return text.replace(line, line + "\n        pass  # an upstream fix", 1)
+
+    root = shadow_letta_with_changed_file(tmp_path / "site", "services/provider_manager.py", upstream_fix)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-m", "ketta", "patches", "verify"], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
     assert "DRIFT letta.services.provider_manager:ProviderManager.delete_provider_by_id_async" in result.stdout
     assert "1 of" in result.stderr
 
