@@ -191,8 +191,9 @@ def verify() -> list[PatchStatus]:
 def apply_all(settings: KettaSettings) -> list[Patch]:
     """Apply every enabled patch, module by module. A drifted patch is never applied blind: the
     start is refused, or with KETTA_ALLOW_PATCH_DRIFT=true that patch is skipped (Letta's own code
-    runs for its target) with one warning line naming it."""
-    check_hooks(settings)
+    runs for its target) with one warning line naming it. Hooks are checked after the patches:
+    checking them imports Letta, which must not happen before the enum patches (pydantic freezes
+    an enum's members into every schema Letta builds at import)."""
     applied: list[Patch] = []
     for module_name in PATCH_MODULES:
         module = importlib.import_module(module_name)
@@ -217,6 +218,7 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
         finish = getattr(module, "after_apply", None)
         if finish is not None:
             finish()
+    check_hooks(settings)
     return applied
 
 
