@@ -37,6 +37,16 @@ EXPECTED_IDENTITY_FIELDS = {
     ("patch", "/v1/admin/orgs/", "query", "org_id"),
     ("post", "/v1/ketta/tokens/", "body", "user_id"),
     ("get", "/v1/ketta/tokens/", "query", "user_id"),
+    # The usage ledger's routes (issue 23): a user token sees and sets only its own user's.
+    ("get", "/v1/usage/", "query", "user_id"),
+    ("get", "/v1/usage/", "query", "organization_id"),
+    ("get", "/v1/usage/export.csv", "query", "user_id"),
+    ("get", "/v1/usage/export.csv", "query", "organization_id"),
+    ("post", "/v1/ketta/budgets", "body", "organization_id"),
+    ("get", "/v1/ketta/budgets", "query", "organization_id"),
+    ("get", "/v1/ketta/prices", "query", "organization_id"),
+    ("delete", "/v1/ketta/prices", "query", "organization_id"),
+    ("put", "/v1/ketta/prices", "body", "organization_id"),
 }
 OPERATOR_OPENAI_KEY = "sk-operator-openai-0123456789"
 OPERATOR_TAVILY_KEY = "tvly-operator-0123456789"
