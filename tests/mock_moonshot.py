@@ -93,6 +93,10 @@ class MockMoonshot:
         self.fail_next: list[tuple[int, str, str]] = []
         self.down = False
         self.delay_s = 0.0
+        # The usage every chat answer reports (Moonshot counts cache hits in a top-level ``cached_tokens``);
+        # streamed: in the last chunk, or inside its choice (``usage_in_choice``) as Moonshot's docs show.
+        self.usage: dict[str, Any] = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        self.usage_in_choice = False
         self.reasoning_by_call: dict[str, str] = {}  # tool call id -> reasoning we sent with it
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
@@ -276,7 +280,7 @@ class MockMoonshot:
                 message, reasoning = mock._completion(body)
                 finish = "tool_calls" if message.get("tool_calls") else "stop"
                 created, cid, model = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:16]}", body.get("model")
-                usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+                usage = json.loads(json.dumps(mock.usage))
                 if not body.get("stream"):
                     self._json(200, {"id": cid, "object": "chat.completion", "created": created, "model": model,
                                      "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage})
@@ -288,8 +292,11 @@ class MockMoonshot:
                 self.end_headers()
 
                 def chunk(delta: dict, finish_reason: str | None = None, **extra: Any) -> None:
+                    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+                    if mock.usage_in_choice and "usage" in extra:
+                        choice["usage"] = extra.pop("usage")
                     payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+                               "choices": [choice], **extra}
                     self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
                     self.wfile.flush()
 

@@ -14,6 +14,9 @@ It speaks the real wire format, so Letta's own OpenAI client talks to it unchang
   ``{"detail": "Unsupported parameter: user"}``, as Codex-style Responses backends do;
 - ``POST /openai/deployments/{deployment}/embeddings?api-version=...``: Azure OpenAI's embedding
   path (the deployment is the model; the key comes in the ``api-key`` header);
+- ``GET /api/tags`` and ``POST /api/show``: Ollama's native model listing (what Letta's ``ollama``
+  provider lists with before it chats over ``/v1``): the chat models with the ``tools``
+  capability, the embedding models with ``embedding`` and their dimension;
 - ``POST /v1/embeddings``: deterministic unit vectors of the requested (``dimensions``) or declared
   dimension, as floats or base64 float32 (the ``openai`` package asks for base64 by default).
 
@@ -412,6 +415,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat_completions(body if isinstance(body, dict) else {})
         elif method == "POST" and path == "/v1/embeddings":
             self._embeddings(body if isinstance(body, dict) else {})
+        elif method == "GET" and path == "/api/tags":
+            self._send_json(200, {"models": [{"name": m, "model": m, "size": 1, "digest": "0" * 12} for m in self._all_models()]})
+        elif method == "POST" and path == "/api/show":
+            self._ollama_show(body if isinstance(body, dict) else {})
         elif method == "POST" and path == "/v1/responses":
             self._responses(body if isinstance(body, dict) else {})
         else:
@@ -431,6 +438,18 @@ class _Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _model(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "mock"}
+
+    def _ollama_show(self, body: dict[str, Any]) -> None:
+        """Ollama's /api/show: capabilities and model_info (context length, embedding dimension)."""
+        name = body.get("model") or body.get("name")
+        if name in self.mock.chat_models:
+            self._send_json(200, {"capabilities": ["completion", "tools"],
+                                  "model_info": {"general.architecture": "llama", "llama.context_length": 8192}})
+        elif name in self.mock.embedding_models:
+            self._send_json(200, {"capabilities": ["embedding"], "model_info": {
+                "general.architecture": "bert", "bert.embedding_length": self.mock.embedding_models[name]}})
+        else:
+            self._send_json(404, {"error": f"model '{name}' not found"})
 
     def _chat_completions(self, body: dict[str, Any]) -> None:
         model = body.get("model")

@@ -274,6 +274,8 @@ def test_concurrent_calls_overshoot_a_provider_budget_by_the_calls_in_flight_onl
         assert health["errors"] == 0, health  # a refused call never reached the provider: not its error
         assert client.delete(f"/v1/ketta/budgets/{hard.json()['id']}").status_code == 200
         assert send(client, agents[0]).status_code == 200  # over its soft budget: the call goes on
+        assert send(client, agents[0]).status_code == 200
+    assert shared_server.log_text().count(f"Soft budget '{soft.json()['name']}'") == 1  # logged once per period
 
 
 def test_the_price_catalog_knows_moonshot_anthropic_and_openai_but_not_a_custom_endpoint() -> None:
@@ -311,3 +313,100 @@ def test_usage_reports_of_every_wire_format() -> None:
                   {"type": "message_delta", "usage": {"output_tokens": 12}}, {"type": "message_stop"}):
         tally.see(event)
     assert fields(tally.tokens) == (100, 12, 90, None, None)
+
+
+def test_kimi_usage_blocking_and_streamed(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    from mock_moonshot import MockMoonshot
+
+    with MockMoonshot(api_key="sk-moon-usage-0123") as moon, shared_server.client() as client:
+        # Moonshot's usage: cache hits in a top-level cached_tokens; streamed inside the final choice
+        moon.usage = {"prompt_tokens": 812, "completion_tokens": 33, "total_tokens": 845, "cached_tokens": 512}
+        moon.usage_in_choice = True
+        embedding = provider(client, llm)
+        name = f"kimi-{uuid.uuid4().hex[:8]}"
+        made = client.post("/v1/providers/", json={"name": name, "provider_type": "kimi", "api_key": "sk-moon-usage-0123",
+                                                   "base_url": moon.base_url})
+        assert made.status_code == 200, made.text
+        agent_id = agent(client, f"{name}/kimi-k2-0905-preview", f"{embedding}/text-embedding-3-small")
+        assert send(client, agent_id).status_code == 200
+        status, body = stream(client, agent_id)
+        assert status == 200 and "event: error" not in body, body
+        rows = ledger(shared_db, agent_id, 2)
+    requests = moon.chat_requests()
+    assert [bool(r.body.get("stream")) for r in requests[-2:]] == [False, True]
+    assert requests[-1].body["stream_options"] == {"include_usage": True}  # asked for, as the OpenAI wire format needs
+    assert [r["streamed"] for r in rows] == [False, True] and not moon.violations
+    for row in rows:
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_input_tokens"], row["reasoning_tokens"]) == (812, 33, 512, None), row
+        assert row["status"] == "ok" and row["provider_name"] == name and row["model"] == "kimi-k2-0905-preview"
+        assert row["cost_usd"] is None  # a proxy's URL is not Moonshot's: unpriced until the operator sets a price
+
+
+def test_ollama_usage_blocking_and_streamed(shared_server: KettaProcess, shared_db: sa.Engine) -> None:
+    reported = {"prompt_tokens": 420, "completion_tokens": 17, "total_tokens": 437}  # what Ollama's /v1 reports
+    with MockOpenAI(usage=reported) as ollama, shared_server.client() as client:
+        name = f"ollama-{uuid.uuid4().hex[:8]}"
+        made = client.post("/v1/providers/", json={"name": name, "provider_type": "ollama", "api_key": "", "base_url": ollama.base_url.removesuffix("/v1")})
+        assert made.status_code == 200, made.text
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        assert send(client, agent_id).status_code == 200
+        status, body = stream(client, agent_id)
+        assert status == 200 and "event: error" not in body, body
+        rows = ledger(shared_db, agent_id, 2)
+    assert ollama.chat_requests()[-1].body["stream_options"] == {"include_usage": True}
+    assert [r["streamed"] for r in rows] == [False, True]
+    for row in rows:
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_input_tokens"], row["reasoning_tokens"]) == (420, 17, None, None), row
+        assert row["status"] == "ok" and row["provider_name"] == name and row["cost_usd"] is None
+
+
+def test_another_worker_shares_the_budget_count(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test process plays a second worker (or replica) on the same database: it runs the
+    ledger's own recording and budget check; what either spends, the other counts."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from ketta.usage import budgets, ledger as usage_ledger
+    from ketta.usage.tokens import Tokens
+
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        budget_name = f"shared-{uuid.uuid4().hex[:6]}"
+        made = client.post("/v1/ketta/budgets", json={"name": budget_name, "scope": "agent", "subject": agent_id, "metric": "tokens",
+                                                      "limit": 2000, "period": "day", "hard": True})
+        assert made.status_code == 200, made.text
+        assert send(client, agent_id).status_code == 200  # the server's worker spends 1290 of 2000
+        ledger(shared_db, agent_id, 1)
+        with shared_db.connect() as conn:
+            org, user = conn.execute(sa.text("SELECT organization_id, user_id FROM ketta_usage WHERE agent_id = :a"), {"a": agent_id}).one()
+
+        engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), poolclass=sa.NullPool)
+        sessions = async_sessionmaker(engine)
+
+        async def session() -> Any:
+            return sessions()
+
+        monkeypatch.setattr(usage_ledger, "_session", session)
+        monkeypatch.setattr(budgets, "_with_budgets", (0.0, frozenset()))
+        call = usage_ledger.Call(organization_id=org, user_id=user, agent_id=agent_id, run_id=None, provider=name, model="mock-chat-1",
+                                 handle=f"{name}/mock-chat-1", pool=None, fallback=False, streamed=False)
+
+        async def other_worker() -> None:
+            async with sessions() as s:  # the server's spend is seen here: still under the limit
+                await budgets.check(s, call.budget_parameters())
+            await usage_ledger.record(call, Tokens(prompt=800, completion=10), "ok")  # this worker spends 810
+            async with sessions() as s:
+                with pytest.raises(budgets.BudgetExceeded) as refused:
+                    await budgets.check(s, call.budget_parameters())
+            assert refused.value.budget["spent"] == 2100
+            await engine.dispose()
+
+        asyncio.run(other_worker())
+        sent = len(llm.chat_requests())
+        answer = send(client, agent_id)  # the server's worker counts what the other spent
+        assert answer.status_code == 429 and budget_name in answer.json()["detail"], answer.text
+        assert len(llm.chat_requests()) == sent
+        assert client.delete(f"/v1/ketta/budgets/{made.json()['id']}").status_code == 200
