@@ -43,7 +43,8 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     """
     global prepared, _server_token
     from ketta import letta_modifications
-    from ketta.security import auth, cors, keyring, encryption_key
+    from ketta.security import auth, cors, encryption_key
+    from ketta.security.keyring import check as keyring_check
     from ketta.db import database, migrations
     from ketta.core import home, logging_setup, offline
     from ketta.core.settings import load_environment
@@ -66,7 +67,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
     home.secure_files(settings)
     migrations.upgrade(uri)
     if settings.encryption_keyring:
-        keyring.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line
+        keyring_check.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line
     key_info = f"{keys.describe()} (key id {keys.current.id})"
     log.info("Encryption key: %s. A database backup cannot be read without it: keep a copy (`ketta keys export`).", key_info)
     applied = letta_modifications.apply_all(settings)

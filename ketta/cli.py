@@ -105,7 +105,7 @@ def server(
     from ketta import app as app_module, startup
     from ketta.security import auth, cors
     from ketta.db import database, migrations
-    from ketta.security.keyring import KeyringError
+    from ketta.security.keyring.key_files import KeyringError
     from ketta.letta_modifications import PatchDriftError
 
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (the embedded PostgreSQL is stopped
@@ -386,7 +386,7 @@ def providers_import_env() -> None:
     from ketta.db import database, migrations
     from ketta.app import prepare
     from ketta.providers.import_env import import_env_providers
-    from ketta.security.keyring import KeyringError
+    from ketta.security.keyring.key_files import KeyringError
 
     try:
         # the server's database first: with none running, one line and nothing made under KETTA_HOME
@@ -406,12 +406,12 @@ def providers_import_env() -> None:
         raise typer.Exit(code=1)
 
 
-def _keyring() -> "keyring.Keyring":
-    from ketta.security import keyring
+def _keyring() -> "key_files.Keyring":
+    from ketta.security.keyring import key_files
 
     try:
-        return keyring.load_keyring(get_settings(), create=False)
-    except keyring.KeyringError as exc:
+        return key_files.load_keyring(get_settings(), create=False)
+    except key_files.KeyringError as exc:
         _fail(str(exc))
         raise  # unreachable
 
@@ -422,12 +422,12 @@ def keys_check() -> None:
 
     Exits non-zero when the server would refuse to start or some value no key can decrypt."""
     from ketta.db import database
-    from ketta.security import keyring
+    from ketta.security.keyring import check, key_files
 
     keys = _keyring()
     try:
-        report = keyring.check(_database_uri(attach=True), keys)  # read-only: works beside a running server
-    except keyring.KeyringError as exc:
+        report = check.check(_database_uri(attach=True), keys)  # read-only: works beside a running server
+    except key_files.KeyringError as exc:
         _fail(str(exc))
         raise
     finally:
@@ -442,7 +442,7 @@ def keys_check() -> None:
     if report.check_key_id is None:
         typer.echo("check value: none yet (written at the next start)")
     elif report.check_key is None:
-        _fail(keyring.refusal(keys, f"its check value was written with key id {report.check_key_id}"))
+        _fail(check.refusal(keys, f"its check value was written with key id {report.check_key_id}"))
     else:
         typer.echo(f"check value: key id {report.check_key_id} ({keys.keys[report.check_key].source})")
     if report.undecryptable:
@@ -459,7 +459,7 @@ def keys_rotate(
 ) -> None:
     """Re-encrypt every stored secret under a new key, in one transaction; the old key is kept."""
     from ketta.db import database
-    from ketta.security import keyring
+    from ketta.security.keyring import cipher, key_files, rotation
 
     keys = _keyring()
     try:
@@ -467,13 +467,13 @@ def keys_rotate(
             new_key = _read_text(new_key_file).strip()
         if new_key is None:
             if keys.current_from_env:
-                _fail(f"{keyring.ENV_KEY} is set, so Ketta cannot switch the key for you: pass --new-key "
+                _fail(f"{key_files.ENV_KEY} is set, so Ketta cannot switch the key for you: pass --new-key "
                       "(`ketta keys generate` makes one), then set it on every server.")
-            new_key = keyring.generate_key()
-        new_key = keyring.validate_new_key(new_key)
-        result, archived = keyring.rotate_with_files(_database_uri(), keys, new_key, skip_undecryptable=skip_undecryptable,
-                                                     progress=lambda n: typer.echo(f"  decrypted {n} values", err=True))
-    except keyring.KeyringError as exc:
+            new_key = cipher.generate_key()
+        new_key = key_files.validate_new_key(new_key)
+        result, archived = rotation.rotate_with_files(_database_uri(), keys, new_key, skip_undecryptable=skip_undecryptable,
+                                                      progress=lambda n: typer.echo(f"  decrypted {n} values", err=True))
+    except key_files.KeyringError as exc:
         _fail(str(exc))
         raise
     finally:
@@ -481,14 +481,14 @@ def keys_rotate(
     for stored in result.skipped:
         typer.echo(f"skipped (no key decrypts it, left as is): {stored.where}")
     typer.echo(f"re-encrypted {result.rotated} stored values in {len(result.columns)} columns under key id "
-               f"{keyring.fingerprint(new_key)} in {result.seconds:.1f} s"
+               f"{cipher.fingerprint(new_key)} in {result.seconds:.1f} s"
                + (f" ({result.plaintext} were unencrypted)" if result.plaintext else ""))
     if archived is not None:
         typer.echo(f"new key in {keys.key_file}; old key kept in {archived} (mode 0600): remove it once no server "
                    "and no backup you keep needs it. Restart servers that share this database.")
     elif keys.current_from_env and new_key != keys.current.value:
-        typer.echo(f"now set {keyring.ENV_KEY} to the new key on every server, with the old one in "
-                   f"{keyring.ENV_PREVIOUS}, restarting them one by one")
+        typer.echo(f"now set {key_files.ENV_KEY} to the new key on every server, with the old one in "
+                   f"{key_files.ENV_PREVIOUS}, restarting them one by one")
 
 
 def _read_text(path: str) -> str:
@@ -504,9 +504,9 @@ def _read_text(path: str) -> str:
 @keys_app.command("generate")
 def keys_generate() -> None:
     """Print a new random key (for --new-key or LETTA_ENCRYPTION_KEY); changes nothing."""
-    from ketta.security import keyring
+    from ketta.security.keyring import cipher
 
-    typer.echo(keyring.generate_key())
+    typer.echo(cipher.generate_key())
 
 
 @keys_app.command("export")
@@ -514,9 +514,9 @@ def keys_export(file: Optional[str] = typer.Argument(None, help="Write to FILE (
     """Write the keys (current and previous) as env-file lines, for a backup or another machine."""
     import os
 
-    from ketta.security import keyring
+    from ketta.security.keyring import key_files
 
-    text = keyring.export_text(_keyring())
+    text = key_files.export_text(_keyring())
     if file is None:
         typer.echo(text, nl=False)
         return
@@ -532,12 +532,12 @@ def keys_import(
     force: bool = typer.Option(False, "--force", help="Replace a different existing KETTA_HOME/encryption_key (kept as .old)."),
 ) -> None:
     """Install exported keys in KETTA_HOME (encryption_key, previous ones as .old files)."""
-    from ketta.security import keyring
+    from ketta.security.keyring import key_files
 
     try:
-        current, previous = keyring.parse_export(_read_text(file))
-        written = keyring.import_keys(get_settings().home_dir, current, previous, force=force)
-    except (OSError, keyring.KeyringError) as exc:
+        current, previous = key_files.parse_export(_read_text(file))
+        written = key_files.import_keys(get_settings().home_dir, current, previous, force=force)
+    except (OSError, key_files.KeyringError) as exc:
         _fail(str(exc))
         raise
     for path in written:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess, clean_env
-from ketta.security import keyring
+from ketta.security.keyring import cipher, stored
 from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
 
@@ -37,13 +37,13 @@ def enc_values(db_uri: str) -> dict[tuple[str, str, str], str]:
     engine = sa.create_engine(sync_url(db_uri), poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            return {(v.table, v.column, v.row_id): v.value for v in keyring.read_values(conn, keyring.encrypted_columns(conn))}
+            return {(v.table, v.column, v.row_id): v.value for v in stored.read_values(conn, stored.encrypted_columns(conn))}
     finally:
         engine.dispose()
 
 
 def decrypted(values: dict[tuple[str, str, str], str], key: str) -> dict[tuple[str, str, str], str]:
-    return {where: keyring.decrypt(value, key) for where, value in values.items()}
+    return {where: cipher.decrypt(value, key) for where, value in values.items()}
 
 
 def keys_cli(db_uri: str, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def test_rotation_keeps_every_secret_and_refuses_a_start_with_the_old_key(
         assert decrypted(after, KEY_B) == originals
         for value in after.values():
             with pytest.raises(ValueError):
-                keyring.decrypt(value, KEY_A)
+                cipher.decrypt(value, KEY_A)
 
         # A start with only A is refused, in one line, before Letta is even loaded.
         refused = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_ENCRYPTION_KEY": KEY_A, "KETTA_LOG_LEVEL": "info"},
@@ -124,7 +124,7 @@ def test_rotation_keeps_every_secret_and_refuses_a_start_with_the_old_key(
         server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_ENCRYPTION_KEY": KEY_B,
                                   "KETTA_PREVIOUS_ENCRYPTION_KEYS": KEY_A})
         api = server.client()
-        block = f"key:      LETTA_ENCRYPTION_KEY + 1 previous (key id {keyring.fingerprint(KEY_B)}); a database backup cannot be read"
+        block = f"key:      LETTA_ENCRYPTION_KEY + 1 previous (key id {cipher.fingerprint(KEY_B)}); a database backup cannot be read"
         assert block in server.log_text()
         llm1.clear(), llm2.clear()
         assert send(api, agent1).status_code == 200

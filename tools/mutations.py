@@ -302,7 +302,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "keyring-ignores-runtime-key",
-        "ketta/security/keyring.py",
+        "ketta/security/keyring/key_files.py",
         "    keys = [current] if current else []",
         "    keys = []",
         ("tests/letta_modifications/helpers/test_crypto_utils.py",),
@@ -738,7 +738,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "unsaved-env-key-served",
-        "ketta/security/keyring.py",
+        "ketta/security/keyring/check.py",
         "    if index == 0 or not keyring.current_from_env or not found.source.startswith(str(keyring.home)):",
         "    if True:",
         ("tests/test_keyring.py::test_env_key_that_cannot_read_the_database_while_the_key_file_can_is_refused",),

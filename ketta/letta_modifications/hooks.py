@@ -39,7 +39,7 @@ HOOKS = [
          why="Dependency warnings a user cannot act on stay off the console (workers inherit the filter)."),
     Hook(name="env LETTA_PG_URI", kind="environment", installed_by="ketta.db.database:ensure_database", setting="",
          why="Letta reads its database from LETTA_PG_URI: the external server's, or the embedded one Ketta started."),
-    Hook(name="env LETTA_ENCRYPTION_KEY", kind="environment", installed_by="ketta.security.keyring:activate",
+    Hook(name="env LETTA_ENCRYPTION_KEY", kind="environment", installed_by="ketta.security.keyring.key_files:activate",
          setting="", why="Letta encrypts stored secrets only with a key: Ketta's keyring provides one by default."),
     Hook(name="env secrets taken out (LETTA_PG_URI, LETTA_ENCRYPTION_KEY, *_API_KEY, ...)", kind="environment",
          installed_by="ketta.app:_secrets_out_of_environment", setting="secrets_out_of_environment",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ketta.security.keyring import Keyring, activate, load_keyring
 from ketta.core.settings import KettaSettings
+from ketta.security.keyring.key_files import Keyring, activate, load_keyring
 
 
 def ensure_encryption_key(settings: KettaSettings) -> Keyring:
     """Use LETTA_ENCRYPTION_KEY if set; else a random key made once under KETTA_HOME (mode 0600).
-    Previous keys (``ketta.security.keyring``) are loaded with it; the current one is exported for Letta."""
+    Previous keys (``ketta.security.keyring.key_files``) are loaded with it; the current one is exported for Letta."""
     keys = load_keyring(settings)
     activate(keys)
     return keys

@@ -2,7 +2,7 @@
 
 Stock Letta decrypts with ``LETTA_ENCRYPTION_KEY`` alone, so a server cannot read values written
 under another key: replicas could not be moved to a new key one at a time. With the keyring
-(``ketta.security.keyring``: current key, ``KETTA_PREVIOUS_ENCRYPTION_KEYS``, ``encryption_key.*.old``),
+(``ketta.security.keyring.key_files``: current key, ``KETTA_PREVIOUS_ENCRYPTION_KEYS``, ``encryption_key.*.old``),
 the key Letta encrypts with is tried first, then the keyring's; encryption is unchanged. The
 key Letta encrypts with is ``settings.encryption_key`` read at each call (as stock encryption
 and decryption read it), not the keyring read at start: code that sets it at run time can
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ketta.security import keyring
+from ketta.security.keyring import key_files
 from ketta.core import patching
 from ketta.core.patching import Patch
 from letta.helpers.crypto_utils import CryptoUtils
@@ -26,12 +26,12 @@ TARGET = "letta.helpers.crypto_utils:CryptoUtils"
 
 def _failure(tried: int, last: ValueError) -> ValueError:
     return ValueError(f"Failed to decrypt data with any of the {tried} configured encryption keys "
-                      f"(LETTA_ENCRYPTION_KEY, {keyring.ENV_PREVIOUS}; see `ketta keys check`): {last}")
+                      f"(LETTA_ENCRYPTION_KEY, {key_files.ENV_PREVIOUS}; see `ketta keys check`): {last}")
 
 
 def decrypt(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = None) -> str:
     original = patching.original(f"{TARGET}.decrypt")
-    keys = [master_key] if master_key is not None else keyring.decryption_keys(letta_settings.encryption_key)
+    keys = [master_key] if master_key is not None else key_files.decryption_keys(letta_settings.encryption_key)
     if len(keys) <= 1:
         return original(cls, encrypted, keys[0] if keys else None)
     last: ValueError | None = None
@@ -45,7 +45,7 @@ def decrypt(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = 
 
 async def decrypt_async(cls: type[CryptoUtils], encrypted: str, master_key: Optional[str] = None) -> str:
     original = patching.original(f"{TARGET}.decrypt_async")
-    keys = [master_key] if master_key is not None else keyring.decryption_keys(letta_settings.encryption_key)
+    keys = [master_key] if master_key is not None else key_files.decryption_keys(letta_settings.encryption_key)
     if len(keys) <= 1:
         return await original(cls, encrypted, keys[0] if keys else None)
     last: ValueError | None = None

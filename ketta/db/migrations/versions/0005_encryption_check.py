@@ -1,7 +1,7 @@
 """Ketta's encryption check value: which key this database's secrets are written with.
 
 One row: ``check_enc`` is a known token encrypted (Letta's format) with the key the stored
-secrets are under, ``key_id`` that key's fingerprint (``ketta.security.keyring.fingerprint``). At start
+secrets are under, ``key_id`` that key's fingerprint (``ketta.security.keyring.cipher.fingerprint``). At start
 Ketta refuses to serve when no configured key decrypts it, instead of answering 500 "Failed to
 decrypt data" on the first message. ``ketta keys rotate`` rewrites it with the new key. The row
 is written at the first start after this revision (the migration cannot know the key).
