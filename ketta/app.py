@@ -225,7 +225,9 @@ def create_app() -> FastAPI:
             usage_api.install(app)  # GET /v1/usage/, /v1/ketta/budgets, /v1/ketta/prices; a spent budget answers 429
         install_response_scrubbing(app)
         install_log_scrubbing()
-        user_tokens.mount(app)
+        from ketta.api import user_tokens as user_tokens_api
+
+        user_tokens_api.mount(app)
         _secrets_out_of_environment(app_module_settings=get_settings())
         _operator_keys_out_of_letta(app_module_settings=get_settings())
         if _server_token is not None:

@@ -82,7 +82,7 @@ HOOKS = [
          why="They forward the caller's token and the operator's env key to a fixed public host."),
     Hook(name="routes: /v1/ketta/tokens, /v1/pools/, /v1/providers/{id}/health, GET /v1/models/ listing",
          kind="app", installed_by="ketta.app:create_app", setting="",
-         why="Ketta's own routers (ketta.api, ketta.security.user_tokens) and the embedding listing (ketta.providers.model_listing)."),
+         why="Ketta's own routers (ketta.api) and the embedding listing (ketta.providers.model_listing)."),
     Hook(name="routes: GET /v1/usage/ (+ CSV), /v1/ketta/budgets, /v1/ketta/prices; handler: BudgetExceeded -> 429",
          kind="app", installed_by="ketta.api.usage:install", setting="usage_ledger",
          why="Asking what providers, agents and users spend; a refused call names its budget and when it resets."),

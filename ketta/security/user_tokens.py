@@ -2,8 +2,8 @@
 
 The table (migration 0006) keeps a SHA-256 of each token, never the token: it is printed once
 when made. The same SQL serves the CLI (synchronous engine, ``ketta token create``) and the
-server (Letta's async sessions: the middleware's lookup, the admin REST routes under
-``/v1/ketta/tokens``, which only the server token reaches).
+server (Letta's async sessions: the middleware's lookup, and the admin REST routes of
+``ketta.api.user_tokens`` under ``/v1/ketta/tokens``, which only the server token reaches).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field, computed_field
 
 from ketta.security.auth import Principal
@@ -142,47 +141,34 @@ async def resolve(token: str) -> Optional[Principal]:
     return Principal(user_id=row.user_id, token_id=row.id, organization_id=row.organization_id)
 
 
-def router() -> APIRouter:
-    """Admin-only REST routes (the middleware gives user tokens 403 under /v1/ketta/)."""
+async def create(user_id: str, name: Optional[str] = None) -> CreatedUserToken:
+    """Make a token acting as ``user_id``; the result holds the token this once (only its hash is kept)."""
     from letta.server.db import db_registry
 
-    api = APIRouter(prefix="/ketta/tokens", tags=["ketta tokens"])
-
-    @api.post("/", response_model=CreatedUserToken, status_code=201, operation_id="ketta_create_user_token")
-    async def create_user_token(request: UserTokenCreate) -> CreatedUserToken:
-        """Make a token acting as one user; the response shows the token once (only its hash is kept)."""
-        async with db_registry.async_session() as session:
-            user = (await session.execute(_USER, {"user_id": request.user_id})).first()
-            if user is None:
-                raise _http(_unknown_user(request.user_id))
-            token = new_token()
-            row = (await session.execute(_INSERT, _insert_params(user, request.name, token))).mappings().one()
-        return CreatedUserToken(**row, token=token)
-
-    @api.get("/", response_model=list[UserToken], operation_id="ketta_list_user_tokens")
-    async def list_user_tokens(user_id: Optional[str] = Query(None, description="Only this user's tokens.")) -> list[UserToken]:
-        """Every user token (revoked ones too), without values."""
-        async with db_registry.async_session() as session:
-            rows = (await session.execute(_LIST, {"user_id": user_id})).mappings().all()
-        return [UserToken(**row) for row in rows]
-
-    @api.delete("/{token_id}", response_model=UserToken, operation_id="ketta_revoke_user_token")
-    async def revoke_user_token(token_id: str) -> UserToken:
-        """Revoke a token: its next request answers 401. The row stays, with revoked_at."""
-        async with db_registry.async_session() as session:
-            row = (await session.execute(_REVOKE, {"id": token_id})).mappings().first()
-        if row is None:
-            raise _http(_unknown_token(token_id))
-        return UserToken(**row)
-
-    return api
+    async with db_registry.async_session() as session:
+        user = (await session.execute(_USER, {"user_id": user_id})).first()
+        if user is None:
+            raise _unknown_user(user_id)
+        token = new_token()
+        row = (await session.execute(_INSERT, _insert_params(user, name, token))).mappings().one()
+    return CreatedUserToken(**row, token=token)
 
 
-def _http(error: TokenError) -> HTTPException:
-    return HTTPException(status_code=error.status, detail=str(error))
+async def list_tokens(user_id: Optional[str] = None) -> list[UserToken]:
+    """Every user token (revoked ones too), or ``user_id``'s, without values."""
+    from letta.server.db import db_registry
+
+    async with db_registry.async_session() as session:
+        rows = (await session.execute(_LIST, {"user_id": user_id})).mappings().all()
+    return [UserToken(**row) for row in rows]
 
 
-def mount(app: Any) -> None:
-    """Add the routes under /v1. FastAPI builds /openapi.json at its first request from every route
-    then mounted (and again when routes change), so these are in it without merging anything."""
-    app.include_router(router(), prefix="/v1")
+async def revoke(token_id: str) -> UserToken:
+    """Revoke a token: its next request answers 401. The row stays, with revoked_at."""
+    from letta.server.db import db_registry
+
+    async with db_registry.async_session() as session:
+        row = (await session.execute(_REVOKE, {"id": token_id})).mappings().first()
+    if row is None:
+        raise _unknown_token(token_id)
+    return UserToken(**row)
