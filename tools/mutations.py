@@ -326,7 +326,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "pool-ignores-recent-errors",
-        "ketta/providers/pools.py",
+        "ketta/providers/pool_routing.py",
         "    return sorted(members, key=lambda m: (provider_health.recent_errors(organization_id, m.name, ERROR_MEMORY_S), last[m.name]))",
         "    return list(members)",
         ("tests/test_provider_pools.py",),

@@ -20,7 +20,7 @@ import inspect
 import time
 from typing import Any, Awaitable, Callable
 
-from ketta.providers import fallback as provider_fallback, health as provider_health, pools as provider_pools
+from ketta.providers import fallback as provider_fallback, health as provider_health, pool_routing
 from ketta.providers.client_state import state_of
 from ketta.llm.streams import StreamProxy
 from ketta.usage import context as usage_context
@@ -185,7 +185,7 @@ def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) 
             except Exception as exc:
                 if not provider_fallback.retriable(exc):
                     raise
-        if sendable and len(args) >= 2 and _pools_on() and await provider_pools.is_pool(organization, provider):
+        if sendable and len(args) >= 2 and _pools_on() and await pool_routing.is_pool(organization, provider):
             return await _via_pool(client, method, stream, args, kwargs, organization, provider, bool(fallbacks))
         started = time.perf_counter()
         try:
@@ -225,7 +225,7 @@ def _pools_on() -> bool:
 
 async def _via_pool(client: Any, method: Callable, stream: bool, args: tuple, kwargs: dict, organization: str | None,
                     pool: str, fallbacks: bool) -> Any:
-    """A call whose provider is a pool goes to its members (:func:`ketta.providers.pools.send`);
+    """A call whose provider is a pool goes to its members (:func:`ketta.providers.pool_routing.send`);
     a pool with no member answering falls back like a failed provider."""
     request_data, llm_config, rest = args[0], args[1], args[2:]
 
@@ -242,7 +242,7 @@ async def _via_pool(client: Any, method: Callable, stream: bool, args: tuple, kw
         raise error
 
     try:
-        result, member, tried = await provider_pools.send(organization, pool, llm_config, attempt)
+        result, member, tried = await pool_routing.send(organization, pool, llm_config, attempt)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -253,7 +253,7 @@ async def _via_pool(client: Any, method: Callable, stream: bool, args: tuple, kw
     async def reopen(error: BaseException) -> tuple[Any, str | None]:
         nonlocal tried
         try:
-            replacement, next_member, tried = await provider_pools.send(organization, pool, llm_config, attempt, skip=tried, error=error)
+            replacement, next_member, tried = await pool_routing.send(organization, pool, llm_config, attempt, skip=tried, error=error)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
