@@ -96,7 +96,8 @@ class KettaSettings(BaseSettings):
         "user's agents (off: withheld from Letta; an agent's own EXA_API_KEY tool variable still works).",
     )
     organization_scope: bool = Field(default=True, description="Letta queries without an organization filter (GET /v1/messages/ listed every "
-                                     "organization's messages) see the caller's organization only.")
+                                     "organization's messages) see the caller's organization only, and ids a body refers to (an agent's "
+                                     "block_ids, a group's agent_ids, ...) must be of the caller's organization.")
     kimi_provider: bool = Field(default=True, description="Register the 'kimi' (Moonshot AI) provider type.")
     offline: bool = Field(default=True, description="Never download data or send telemetry at run time (Letta fetches NLTK data at start-up; onnxruntime phones home).")
     encryption_keyring: bool = Field(default=True, description="Decrypt stored secrets with every configured key (current, then previous ones) and refuse to start when none can read them.")

@@ -4,6 +4,8 @@
   field, :mod:`ketta.providers.key_binding`): a provider's key goes only to its own base_url.
 - Every endpoint of an agent's configs (``llm_config.model_endpoint``,
   ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix).
+- The blocks, folders, identities, tools and messages a config refers to by id must be of the
+  caller's organization (404 as for an unknown id, :mod:`ketta.security.references`).
 - A Kimi agent needs another provider's embedding. Moonshot has no embeddings API: stock Letta
   creates the agent and fails later (archival memory, file sources) with an unrelated error;
   here the request is refused up front with a 400 that says what to pass.
@@ -27,6 +29,7 @@ from ketta.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.core.patching import Patch
 from ketta.providers.keys import provider_row_async, provider_type_async
 from ketta.core.settings import get_settings
+from ketta.security.references import agent_refs, require_own
 from ketta.security.url_guard import check_url_async
 
 CREATE_TARGET = "letta.services.agent_manager:AgentManager.create_agent_async"
@@ -65,6 +68,8 @@ async def create_agent_async(self: AgentManager, agent_create: CreateAgent, acto
     await check_agent_configs(agent_create.llm_config, agent_create.embedding_config, actor.organization_id)
     if get_settings().kimi_provider:
         await refuse_kimi_without_embedding(agent_create, actor)
+    if get_settings().organization_scope:
+        await require_own(actor, agent_refs(agent_create))
     return await patching.original(CREATE_TARGET)(self, agent_create, actor, *args, **kwargs)
 
 
@@ -72,6 +77,8 @@ async def update_agent_async(self: AgentManager, agent_id: str, agent_update: Up
     """Check the configs an update sets, then update as Letta does."""
     await check_config_endpoints(agent_update.llm_config, agent_update.embedding_config)
     await check_agent_configs(agent_update.llm_config, agent_update.embedding_config, actor.organization_id)
+    if get_settings().organization_scope:
+        await require_own(actor, agent_refs(agent_update))
     return await patching.original(UPDATE_TARGET)(self, agent_id, agent_update, actor, *args, **kwargs)
 
 
