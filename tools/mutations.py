@@ -1107,6 +1107,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "An operator's price prices its own organization's calls only.",
     ),
     Mutation(
+        "callback-url-unguarded",
+        "ketta/security/callback_urls.py",
+        "    if not get_settings().url_guard:\n        return None",
+        "    if True:\n        return None",
+        ("tests/test_callback_urls.py",),
+        "A run's callback_url on a refused address is not called; the run says why.",
+    ),
+    Mutation(
         'org-refs-any-org',
         'ketta/security/references.py',
         'WHERE id = ANY(CAST(:ids AS varchar[])) AND organization_id = :org"',
