@@ -1107,6 +1107,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "An operator's price prices its own organization's calls only.",
     ),
     Mutation(
+        "file-upload-without-key",
+        "ketta/letta_modifications/services/file_processor/embedder/openai_embedder.py",
+        "        client.actor = actor",
+        "        pass",
+        ("tests/test_file_upload_keys.py",),
+        "An uploaded file is embedded with its embedding provider's stored key (the uploader's organization's).",
+    ),
+    Mutation(
         "callback-url-unguarded",
         "ketta/security/callback_urls.py",
         "    if not get_settings().url_guard:\n        return None",
