@@ -206,7 +206,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "url-guard-create-unchecked",
-        "ketta/letta_modifications/services/provider_manager.py",
+        "ketta/providers/validation.py",
         "    await check_base_url(request.provider_type, request.base_url)",
         "    pass",
         ("tests/test_url_guard.py::test_server_refuses_unsafe_base_urls_everywhere",),

@@ -24,7 +24,6 @@ from letta.schemas.provider_model import ProviderModel as ProviderModelSchema
 from letta.schemas.providers import Provider
 from letta.schemas.secret import Secret
 
-from ketta.core.settings import get_settings
 from ketta.providers.rules import (
     ProviderNameTaken,
     UpstreamRejectedKey,
@@ -33,7 +32,6 @@ from ketta.providers.rules import (
     env_key_for,
 )
 from ketta.security.redaction import remember_secret
-from ketta.security.url_guard import check_url_async
 
 log = logging.getLogger("ketta.providers")
 
@@ -210,19 +208,6 @@ async def store_models(session, provider: Provider, organization_id: str | None,
         session.add(ProviderModelRow(**schema.model_dump(to_orm=True)))
     row.last_synced = datetime.now(timezone.utc)
     await session.flush()
-
-
-# Types whose base_url is not a URL the server calls (Bedrock's is the literal "bedrock").
-NON_URL_TYPES = ("bedrock",)
-
-
-async def check_base_url(provider_type: object, base_url: str | None) -> None:
-    """422 unless a given base_url is one the URL guard lets Ketta call with a key."""
-    if not base_url or not get_settings().url_guard:
-        return
-    if getattr(provider_type, "value", provider_type) in NON_URL_TYPES:
-        return
-    await check_url_async(base_url, "base_url")
 
 
 async def insert_provider_row(session, provider: Provider, actor_id: str) -> ProviderRow:

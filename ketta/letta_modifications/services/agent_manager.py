@@ -3,7 +3,8 @@
 - A config that names a stored provider must use that provider's endpoint (400 naming the
   field, :mod:`ketta.providers.key_binding`): a provider's key goes only to its own base_url.
 - Every endpoint of an agent's configs (``llm_config.model_endpoint``,
-  ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix).
+  ``embedding_config.embedding_endpoint``) must pass the URL guard (422 saying what to fix,
+  :mod:`ketta.providers.validation`).
 - The blocks, folders, identities, tools and messages a config refers to by id must be of the
   caller's organization (404 as for an unknown id, :mod:`ketta.security.references`).
 - A Kimi agent needs another provider's embedding. Moonshot has no embeddings API: stock Letta
@@ -29,25 +30,11 @@ from ketta.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.core.patching import Patch
 from ketta.providers.keys import provider_row_async, provider_type_async
 from ketta.core.settings import get_settings
+from ketta.providers.validation import check_agent_endpoints
 from ketta.security.references import agent_refs, require_own
-from ketta.security.url_guard import check_url_async
 
 CREATE_TARGET = "letta.services.agent_manager:AgentManager.create_agent_async"
 UPDATE_TARGET = "letta.services.agent_manager:AgentManager.update_agent_async"
-
-# Endpoint types whose endpoint is not a URL the server calls.
-NON_URL_ENDPOINT_TYPES = ("bedrock",)
-
-
-async def check_config_endpoints(llm_config: Any, embedding_config: Any) -> None:
-    """422 unless every endpoint the configs name passes the URL guard."""
-    if not get_settings().url_guard:
-        return
-    if llm_config is not None and llm_config.model_endpoint is not None and llm_config.model_endpoint_type not in NON_URL_ENDPOINT_TYPES:
-        await check_url_async(llm_config.model_endpoint, "llm_config.model_endpoint")
-    if embedding_config is not None and embedding_config.embedding_endpoint is not None \
-            and embedding_config.embedding_endpoint_type not in NON_URL_ENDPOINT_TYPES:
-        await check_url_async(embedding_config.embedding_endpoint, "embedding_config.embedding_endpoint")
 
 
 async def refuse_kimi_without_embedding(agent_create: CreateAgent, actor: User) -> None:
@@ -64,7 +51,7 @@ async def refuse_kimi_without_embedding(agent_create: CreateAgent, actor: User) 
 
 async def create_agent_async(self: AgentManager, agent_create: CreateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
     """Check the agent's configs, then create it as Letta does."""
-    await check_config_endpoints(agent_create.llm_config, agent_create.embedding_config)
+    await check_agent_endpoints(agent_create.llm_config, agent_create.embedding_config)
     await check_agent_configs(agent_create.llm_config, agent_create.embedding_config, actor.organization_id)
     if get_settings().kimi_provider:
         await refuse_kimi_without_embedding(agent_create, actor)
@@ -75,7 +62,7 @@ async def create_agent_async(self: AgentManager, agent_create: CreateAgent, acto
 
 async def update_agent_async(self: AgentManager, agent_id: str, agent_update: UpdateAgent, actor: User, *args: Any, **kwargs: Any) -> AgentState:
     """Check the configs an update sets, then update as Letta does."""
-    await check_config_endpoints(agent_update.llm_config, agent_update.embedding_config)
+    await check_agent_endpoints(agent_update.llm_config, agent_update.embedding_config)
     await check_agent_configs(agent_update.llm_config, agent_update.embedding_config, actor.organization_id)
     if get_settings().organization_scope:
         await require_own(actor, agent_refs(agent_update))

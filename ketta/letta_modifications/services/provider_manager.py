@@ -22,7 +22,6 @@ from ketta.providers.key_binding import KeyMustFollowOrigin, same_origin
 from ketta.core.patching import Patch
 from ketta.providers.store import (
     ProviderGone,
-    check_base_url,
     insert_provider_row,
     list_upstream_models,
     lock_provider,
@@ -32,16 +31,13 @@ from ketta.providers.store import (
     UPSTREAM_TIMEOUT_S,
 )
 from ketta.providers.rules import (
-    ProviderInputError,
     ProviderNameTaken,
     UpstreamUnavailable,
-    check_creatable_type,
     check_limit,
-    check_provider_fields,
     check_text,
     classify_upstream_error,
-    clean_provider_name,
 )
+from ketta.providers.validation import validate_check, validate_create, validate_update, validate_update_fields
 from letta.orm.errors import NoResultFound
 from letta.orm.provider import Provider as ProviderRow
 from letta.orm.provider_model import ProviderModel as ProviderModelRow
@@ -78,10 +74,7 @@ async def create_provider_async(self: ProviderManager, request: ProviderCreate, 
 
     An unreachable upstream stores the provider without models and with ``last_synced`` NULL,
     so the first model listing tries again."""
-    name = clean_provider_name(request.name)
-    check_creatable_type(request.provider_type)
-    check_provider_fields(request.model_dump(include={"api_key", "access_key", "base_url", "region", "api_version"}))
-    await check_base_url(request.provider_type, request.base_url)
+    name = await validate_create(request)
     async with db_registry.async_session() as session:
         taken = await session.execute(
             select(ProviderRow.id).where(ProviderRow.name == name, ProviderRow.organization_id == actor.organization_id)
@@ -124,7 +117,7 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
     models are listed again. A new key replaces one that cannot be decrypted any more."""
     sent = provider_update.model_dump(exclude_unset=True, exclude_none=True)
     sent.pop("api_key_enc", None), sent.pop("access_key_enc", None)
-    check_provider_fields(sent)
+    validate_update_fields(sent)
     async with db_registry.async_session() as session:
         row = (await session.execute(
             select(ProviderRow).where(ProviderRow.id == provider_id, ProviderRow.organization_id == actor.organization_id,
@@ -133,10 +126,7 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
         if row is None:
             raise NoResultFound(f"Provider not found with id='{provider_id}'")
         current = row.to_pydantic()
-    if str(getattr(current.provider_type, "value", current.provider_type)) == "pool":
-        raise ProviderInputError(f"Provider '{current.name}' is a pool: it has no key or base_url of its own; "
-                                 f"change its members with PATCH /v1/pools/{provider_id}.")
-    await check_base_url(current.provider_type, sent.get("base_url"))
+    await validate_update(current, sent)
 
     changed = current.model_copy()
     if "api_key" in sent:
@@ -178,9 +168,7 @@ async def update_provider_async(self: ProviderManager, provider_id: str, provide
 async def check_provider_api_key(self: ProviderManager, provider_check: ProviderCheck) -> None:
     """Check a key against its upstream: 200, 400 (bad input or other 4xx), 401/403 (refused, the
     upstream's words), 502 (unreachable or 5xx), 504 (no answer in time); never a 500."""
-    check_creatable_type(provider_check.provider_type)
-    check_provider_fields(provider_check.model_dump())
-    await check_base_url(provider_check.provider_type, provider_check.base_url)
+    await validate_check(provider_check)
     if not provider_check.api_key:
         raise HTTPException(status_code=400, detail="'api_key' is required to check a provider.")
     provider = Provider(
