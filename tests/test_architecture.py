@@ -149,3 +149,40 @@ def test_the_check_catches_an_upward_import() -> None:
     assert package_cycles({"ketta.llm.http": {"ketta.providers.keys"}, "ketta.providers.keys": {"ketta.llm.http"}}) == [
         "llm -> providers -> llm"
     ]
+
+
+def referenced_names(path: Path) -> set[str]:
+    """Names a module uses (loaded names, attributes, ``module:name`` strings), imports and definitions aside."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            found.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+            found.add(node.value.rpartition(":")[2].split(".")[0])
+    return found
+
+
+def uninstalled_hooks(hooks: list, used: set[str]) -> list[str]:
+    """Declared hooks whose installer no module of Ketta uses (the registry would list a change that is not made)."""
+    return [f"{hook.name} ({hook.installed_by})" for hook in hooks
+            if hook.installed_by.partition(":")[2].split(".")[0] not in used]
+
+
+def test_every_declared_hook_is_installed_somewhere() -> None:
+    """Hooks are installed by ``app.py`` or by the patch owning the object they wrap, not by the
+    registry (ARCHITECTURE.md says why); so each declared installer must be used by some module
+    other than ``hooks.py``, or the map lists a change Ketta no longer makes."""
+    from ketta.letta_modifications.hooks import HOOKS
+
+    used: set[str] = set()
+    for path in sources():
+        if path.name != "hooks.py" or path.parent.name != "letta_modifications":
+            used |= referenced_names(path)
+    assert uninstalled_hooks(HOOKS, used) == []
+    # and the check reports a declared installer nobody calls
+    from ketta.core.patching import Hook
+
+    ghost = Hook(name="env GHOST", kind="environment", installed_by="ketta.core.home:never_called_anywhere", setting="", why="-")
+    assert uninstalled_hooks([ghost], used) == ["env GHOST (ketta.core.home:never_called_anywhere)"]
