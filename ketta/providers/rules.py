@@ -6,7 +6,6 @@ key lookup of a call is :mod:`ketta.providers.keys`.
 
 from __future__ import annotations
 
-import os
 import re
 
 from fastapi import HTTPException

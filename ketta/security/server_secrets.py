@@ -56,8 +56,3 @@ def take_from_environment() -> list[str]:
     for name in names:
         _taken[name] = os.environ.pop(name)
     return sorted(names)
-
-
-def forget() -> None:
-    """Drop what was taken (tests that build the app again with another environment)."""
-    _taken.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from ketta.providers import routing as llm_calls
+from ketta.providers import routing
 from ketta.core import patching
 from ketta.core.patching import Patch
 from ketta.providers.key_binding import endpoint_for_call
@@ -58,7 +58,7 @@ def _bind_endpoint(llm_config: LLMConfig, row: ProviderRow) -> None:
 def __init__(self: LLMClientBase, *args, **kwargs) -> None:
     """Letta's constructor, then the client's sending methods go through the routing seam."""
     patching.original(f"{TARGET}.__init__")(self, *args, **kwargs)
-    llm_calls.instrument(self)
+    routing.instrument(self)
 
 
 PATCHES = [
