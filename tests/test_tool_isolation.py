@@ -64,7 +64,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[d
                 home = tmp_path_factory.mktemp(f"{name}-home")
                 env = clean_env(KETTA_HOME=str(home), LETTA_PG_URI=db, OPENAI_API_KEY=OPERATOR_KEY,
                                 ANTHROPIC_API_KEY=ANTHROPIC_KEY, KETTA_TOOL_PYTHON=tool_python(), **extra)
-                started[name] = KettaProcess(env, home / "server.log")
+                started[name] = KettaProcess(env, home / "server.log", fork=False)  # tools read /proc/<pid>/environ
             for proc in started.values():
                 proc.wait_healthy()
             yield started
