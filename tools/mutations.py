@@ -1266,6 +1266,47 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_usage.py::test_anthropic_usage_blocking_and_streamed",),
         "Anthropic's prompt tokens include its cache reads and writes (its input_tokens does not).",
     ),
+    Mutation(
+        "round-trips-writes-outside-transaction",
+        "ketta/db/round_trips.py",
+        "            plain = not executemany and is_plain_read(statement) and not getattr(cursor, \"server_side\", False)",
+        "            plain = not executemany and not getattr(cursor, \"server_side\", False)",
+        ("tests/test_round_trips.py::test_writes_after_reads_are_one_transaction_rolled_back_whole",
+         "tests/test_round_trips.py::test_only_plain_reads_skip_begin"),
+        "Deferring BEGIN covers plain reads only: a session's writes stay one transaction, rolled back whole.",
+    ),
+    Mutation(
+        "round-trips-locking-read-outside-transaction",
+        "ketta/db/round_trips.py",
+        "    r\"\\bFOR\\s+(?:UPDATE|SHARE|NO\\s+KEY\\s+UPDATE|KEY\\s+SHARE)\\b|",
+        "    r\"",
+        ("tests/test_round_trips.py::test_a_locking_read_runs_inside_the_transaction",),
+        "A SELECT ... FOR UPDATE starts the transaction: its row lock is held until the session ends.",
+    ),
+    Mutation(
+        "round-trips-begin-always",
+        "ketta/db/round_trips.py",
+        "    if _defer_begin_on.get() is self:",
+        "    if False:",
+        ("tests/test_round_trips.py::test_a_session_that_only_reads_opens_no_transaction",),
+        "A session that only reads sends no BEGIN/COMMIT.",
+    ),
+    Mutation(
+        "round-trips-closed-connection-kept",
+        "ketta/db/round_trips.py",
+        "        if raw is not None and raw.is_closed():",
+        "        if False:",
+        ("tests/test_round_trips.py::test_a_connection_postgres_closed_is_replaced_without_an_error",),
+        "A pooled connection PostgreSQL closed is replaced on checkout, without a ping of every checkout.",
+    ),
+    Mutation(
+        "round-trips-columns-only-loads-all",
+        "ketta/db/round_trips.py",
+        "        if not classes or not state.is_select:",
+        "        if True:",
+        ("tests/test_round_trips.py::test_columns_only_loads_a_row_without_its_selectin_relationships",),
+        "RunManager.create_run reads its agent's columns only, not the agent's ten relationships.",
+    ),
 )
 
 

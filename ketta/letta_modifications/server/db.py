@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ketta.core.patching import Patch
 from ketta.core.settings import get_settings
+from ketta.db import round_trips
 
 log = logging.getLogger("ketta.db")
 
@@ -51,7 +52,7 @@ def engine_options() -> dict[str, Any]:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_recycle": settings.db_pool_recycle,
-        "pool_pre_ping": True,
+        "pool_pre_ping": not settings.db_fewer_round_trips,  # else ketta.db.round_trips checks on checkout
         "pool_timeout": 30,
         "pool_use_lifo": True,  # the fewest connections stay warm; idle ones age out by recycle
     }
@@ -80,6 +81,9 @@ def session_factory() -> async_sessionmaker[AsyncSession]:
     if made is None or made[0] is not loop:
         _release_closed_loops()
         engine = create_async_engine(_async_uri(), **engine_options())
+        settings = get_settings()
+        if settings.db_fewer_round_trips:
+            round_trips.install(engine, ping_after_idle_s=settings.db_ping_after_idle, defer_begin=not settings.db_pgbouncer)
         factory = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
         made = _engines[id(loop)] = (loop, engine, factory)
         log.debug("database pool: size %s, overflow %s", engine.pool.size(), get_settings().db_max_overflow)
@@ -158,6 +162,15 @@ PATCHES = [
         setting="db_pool",
         why="Pooled connections (pre-ping, recycle) instead of a new connection per session; Letta's pooled path "
         "forces SSL and re-yields on connection errors ('generator didn't stop after athrow()').",
+    ),
+    Patch(
+        target=round_trips.START_TRANSACTION_TARGET,
+        replacement=round_trips.start_transaction_unless_reading,
+        fingerprint="dfb341d6a7996e98",
+        setting="db_fewer_round_trips",
+        requires="sqlalchemy>=2.1,<2.2",
+        why="BEGIN only before a session's first write: a session that only reads (most of Letta's) costs no "
+        "BEGIN/COMMIT. Inert on engines other than Ketta's session engine (ketta.db.round_trips.install).",
     ),
     Patch(
         target="letta.server.db:close_db",
