@@ -139,7 +139,7 @@ def embedder_fix(request: pytest.FixtureRequest) -> Iterator[str]:
     from ketta.core import patching
     from ketta.letta_modifications.services.file_processor.embedder import openai_embedder
 
-    [patch] = openai_embedder.PATCHES
+    [patch] = [p for p in openai_embedder.PATCHES if p.target == openai_embedder.TARGET]
     applied_here = request.param == "fixes_on" and patching.apply(patch)
     was_applied = patching.is_applied(patch)
     if request.param == "fixes_off" and was_applied:

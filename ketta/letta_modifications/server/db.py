@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ketta.core.patching import Patch
 from ketta.core.settings import get_settings
 from ketta.db import round_trips
+from ketta.db.round_trips import START_TRANSACTION_TARGET
 
 log = logging.getLogger("ketta.db")
 
@@ -164,7 +165,7 @@ PATCHES = [
         "forces SSL and re-yields on connection errors ('generator didn't stop after athrow()').",
     ),
     Patch(
-        target=round_trips.START_TRANSACTION_TARGET,
+        target=START_TRANSACTION_TARGET,
         replacement=round_trips.start_transaction_unless_reading,
         fingerprint="dfb341d6a7996e98",
         setting="db_fewer_round_trips",
