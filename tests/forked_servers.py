@@ -141,9 +141,16 @@ def start_zygote() -> None:
 def popen(argv: list[str], env: dict[str, str], cwd: Path, log_file, fork: bool = True) -> subprocess.Popen | ForkedProcess:
     """A server process: forked from the zygote when it can be, else a plain subprocess."""
     runs_ketta = argv[:3] == [sys.executable, "-m", "ketta"]
-    if _zygote is None or not fork or not runs_ketta or "PYTHONPATH" in env:
-        return subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
-    return _zygote.spawn(["ketta", *argv[3:]], env, cwd, Path(log_file.name))
+    global _zygote
+    if _zygote is not None and fork and runs_ketta and "PYTHONPATH" not in env:
+        try:
+            return _zygote.spawn(["ketta", *argv[3:]], env, cwd, Path(log_file.name))
+        except (RuntimeError, OSError, EOFError) as exc:
+            # A zygote that cannot fork costs speed, not correctness: this worker's servers are
+            # plain subprocesses from now on (said once on stderr, shown with -rA / in the log).
+            print(f"forked test servers off for this worker: {exc}", file=sys.stderr)
+            _zygote = None
+    return subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +229,8 @@ def _zygote_main(sock: socket.socket) -> None:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
-        os.waitpid(middle, 0)
-        _send(sock, pickle.loads(data) if data else "the forking process died")
+        _, status = os.waitpid(middle, 0)
+        _send(sock, pickle.loads(data) if data else f"the forking process died (wait status {status})")
 
 
 def _modules_letta_imports() -> list[str]:
