@@ -45,6 +45,7 @@ import sqlalchemy as sa
 
 from ketta.db.database import EmbeddedPostgres, free_port, sync_url, with_database
 import forked_servers
+import loopback_only
 from mock_openai import MockOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.option.basetemp:
         config.option.basetemp = tempfile.mkdtemp(prefix="ketta-pytest-")
         config._ketta_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+    if not hasattr(config, "workerinput"):
+        # Before any worker, server or PostgreSQL starts: they inherit the loopback-only network.
+        loopback_only.enter()
     if hasattr(config, "workerinput") and not config.option.collectonly:
         # An xdist worker of a suite run: fork its servers from a zygote (tests/forked_servers.py),
         # made now, before collection imports Letta into this process. A named test file runs
@@ -162,7 +166,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # workers, servers, CLIs (not PostgreSQL)
     terminalreporter.write_line(
         f"Ketta test suite: {time.monotonic() - _STARTED:.0f} s wall, {cpu:.0f} s CPU, {workers or 'no'} parallel worker(s), "
-        f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}, network: {loopback_only.state}"
     )
 
 # Env vars a developer's shell may carry that would change what a test server does.

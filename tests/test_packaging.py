@@ -26,6 +26,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+import loopback_only
 from conftest import REPO, TEST_TOKEN, KettaProcess, clean_env
 from ketta.db.database import sync_url
 
@@ -62,7 +63,9 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str
 def test_wheel_installs_without_pg_config_and_serves_from_any_directory(tmp_path: Path, make_database) -> None:
     source = checkout_copy(tmp_path / "clone")
     started = time.monotonic()
-    run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)], timeout=600)
+    # Building (isolated build environment) and resolving the wheel ask the package registry: the
+    # only steps of the suite run in the host's network (tests/loopback_only.py).
+    run(loopback_only.host_network([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(source)]), timeout=600)
     [wheel] = (tmp_path / "dist").glob("ketta-*.whl")
     built_s = time.monotonic() - started
 
@@ -79,8 +82,8 @@ def test_wheel_installs_without_pg_config_and_serves_from_any_directory(tmp_path
     # resolved in full (a dry run), not unpacked again: the suite's own venv holds the same set,
     # installed by the same command, and the new venv sees it (a .pth line after its own packages).
     report = tmp_path / "install-report.json"
-    run([*pip, "install", "-q", "--dry-run", "--report", str(report), "-c", str(source / "constraints.txt"),
-         "--only-binary", BINARY_ONLY, str(wheel)], env=env, timeout=1800)
+    run(loopback_only.host_network([*pip, "install", "-q", "--dry-run", "--report", str(report), "-c", str(source / "constraints.txt"),
+                                    "--only-binary", BINARY_ONLY, str(wheel)]), env=env, timeout=1800)
     resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
     assert "psycopg2-binary" in resolved and "psycopg2" not in resolved, "the source psycopg2 is not installed"
     assert resolved["letta"] == "0.16.8" and "ketta" in resolved
