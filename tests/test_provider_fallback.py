@@ -309,3 +309,30 @@ def test_each_fallback_rule_refuses_with_400_on_create_and_patch_storing_nothing
         five = client.patch(f"/v1/agents/{made['agent']}", json={"metadata": {FALLBACKS: six[:5]}})
         assert five.status_code == 200, five.text
         assert client.get(f"/v1/agents/{made['agent']}").json()["metadata"][FALLBACKS] == six[:5]
+
+
+def test_an_anthropic_primary_falls_back_to_another_anthropic_provider(shared_server: KettaProcess, backup: MockOpenAI) -> None:
+    """Anthropic's request builder is patched (*args, **kwargs): the fallback rebuilds the request
+    from the same named arguments (it once passed them as 'args'/'kwargs' and answered 500)."""
+    from mock_anthropic import MockAnthropic
+
+    suffix = uuid.uuid4().hex[:8]
+    with shared_server.client() as client, MockAnthropic(api_key="sk-ant-primary") as down, \
+            MockAnthropic(api_key="sk-ant-backup", reply="from claude backup", first_tool=None) as claude:
+        names = {"down": f"claude-down-{suffix}", "up": f"claude-up-{suffix}", "embed": f"embed-{suffix}"}
+        for name, mock, key in ((names["down"], down, "sk-ant-primary"), (names["up"], claude, "sk-ant-backup")):
+            created = client.post("/v1/providers/", json={"name": name, "provider_type": "anthropic", "api_key": key,
+                                                          "base_url": mock.base_url})
+            assert created.status_code == 200, created.text
+        provider(client, names["embed"], backup, BACKUP_KEY)
+        agent = client.post("/v1/agents/", json={
+            "name": f"claude-fallback-{suffix}", "agent_type": "letta_v1_agent", "include_base_tools": False,
+            "model": f"{names['down']}/claude-mock-1", "embedding": f"{names['embed']}/text-embedding-3-small",
+            "metadata": {FALLBACKS: [f"{names['up']}/claude-mock-1"]}})
+        assert agent.status_code == 200, agent.text
+        down.stop()  # the primary's base_url now refuses connections
+        reply = send(client, agent.json()["id"])
+        assert reply.status_code == 200, reply.text
+        assert assistant(reply)[0]["content"] == "from claude backup"
+    [request] = claude.message_requests()
+    assert request.api_key == "sk-ant-backup" and request.body["model"] == "claude-mock-1"

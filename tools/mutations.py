@@ -1075,6 +1075,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Routing keeps its per-client state beside Letta's client (a weak map), not as attributes on it.",
     ),
     Mutation(
+        "fallback-anthropic-connection-not-retriable",
+        "ketta/providers/health.py",
+        "        if isinstance(candidate, (*anthropic_connection, openai.APIConnectionError,",
+        "        if isinstance(candidate, (openai.APIConnectionError,",
+        ("tests/test_provider_fallback.py::test_an_anthropic_primary_falls_back_to_another_anthropic_provider",),
+        "An Anthropic provider that refuses connections is an 'error', not a connection failure: no fallback.",
+    ),
+    Mutation(
+        "fallback-rebuild-binds-variadic",
+        "ketta/providers/fallback.py",
+        "    if not any(p.kind in variadic for p in signature.parameters.values()):\n",
+        "    if True:\n",
+        ("tests/test_provider_fallback.py::test_an_anthropic_primary_falls_back_to_another_anthropic_provider",),
+        "The fallback rebuilds an Anthropic request with 'args'/'kwargs' as names (TypeError, 500).",
+    ),
+    Mutation(
         "health-scrub-not-strict",
         "ketta/security/redaction.py",
         "    if strict:\n",

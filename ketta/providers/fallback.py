@@ -97,7 +97,7 @@ def attach(client: Any, handles: list[str]) -> None:
     if state.build_recorded:
         return
     build = client.build_request_data
-    signature = inspect.signature(build)
+    signature = _named_signature(build)
 
     def recording_build(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -118,6 +118,20 @@ def attach(client: Any, handles: list[str]) -> None:
     client.build_request_data = recording_build
     client.convert_response_to_chat_completion = converting
     state.build_recorded = True
+
+
+def _named_signature(build: Any) -> inspect.Signature:
+    """The parameters ``build_request_data`` takes by name. A patched builder (Ketta's Anthropic
+    patch takes ``*args, **kwargs``) would bind them as 'args'/'kwargs', which the fallback's
+    builder does not take: then the base class's declaration names them (every client's is the same)."""
+    signature = inspect.signature(build)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not any(p.kind in variadic for p in signature.parameters.values()):
+        return signature
+    from letta.llm_api.llm_client_base import LLMClientBase
+
+    declared = inspect.signature(LLMClientBase.build_request_data)
+    return declared.replace(parameters=list(declared.parameters.values())[1:])  # bound: no self
 
 
 def _rebuilt(client: Any, fallback_client: Any, fallback_config: Any, request_data: dict) -> dict:

@@ -98,9 +98,11 @@ def status_class(exc: BaseException | None) -> str:
 
     from letta import errors
 
+    # The Anthropic SDK raises its own classes over its own HTTP library (httpx2, not httpx).
+    anthropic_timeout, anthropic_connection = _anthropic_error_classes()
     chain = [exc, exc.__cause__] if exc.__cause__ is not None else [exc]
     for candidate in chain:
-        if isinstance(candidate, (openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError, TimeoutError, errors.LLMTimeoutError)):
+        if isinstance(candidate, (*anthropic_timeout, openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError, TimeoutError, errors.LLMTimeoutError)):
             return "timeout"
     code = status_code_of(exc)
     if code is not None and code >= 400:
@@ -109,7 +111,7 @@ def status_class(exc: BaseException | None) -> str:
     if streamed is not None:
         return streamed
     for candidate in chain:
-        if isinstance(candidate, (openai.APIConnectionError, httpx.TransportError, ConnectionError, errors.LLMConnectionError)):
+        if isinstance(candidate, (*anthropic_connection, openai.APIConnectionError, httpx.TransportError, ConnectionError, errors.LLMConnectionError)):
             return "connection"
         if isinstance(candidate, errors.LLMRateLimitError):
             return "429"
@@ -118,6 +120,15 @@ def status_class(exc: BaseException | None) -> str:
         if isinstance(candidate, (errors.LLMBadRequestError, errors.LLMAuthenticationError, errors.LLMPermissionDeniedError, errors.LLMNotFoundError)):
             return "4xx"
     return "error"
+
+
+def _anthropic_error_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(timeout classes, connection classes) of the Anthropic SDK, empty when it is not installed."""
+    try:
+        import anthropic
+    except ImportError:
+        return (), ()
+    return (anthropic.APITimeoutError,), (anthropic.APIConnectionError,)
 
 
 def _streamed_error_class(exc: BaseException) -> str | None:
