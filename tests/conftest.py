@@ -65,6 +65,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         # Before any worker, server or PostgreSQL starts: they inherit the loopback-only network.
         loopback_only.enter()
+    if hasattr(config, "workerinput") and config.workerinput.get("ketta_dist") == "loadgroup":
+        # A worker parses only the command line, which does not carry the ``--dist loadgroup`` set in
+        # pytest_cmdline_main: without this its tests get no ``@group`` suffix and the controller
+        # spreads a module's tests over every worker, each setting the module's server up again.
+        config.option.loadgroup = True
+        config.pluginmanager.register(_GroupsThatXdistSees(), "ketta-xdist-groups")
     if hasattr(config, "workerinput") and not config.option.collectonly:
         # An xdist worker of a suite run: fork its servers from a zygote (tests/forked_servers.py),
         # made now, before collection imports Letta into this process. A named test file runs
@@ -105,6 +111,12 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if config.option.dist == "no":
         config.option.dist = "loadgroup"
         config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without pytest-xdist
+def pytest_configure_node(node: object) -> None:
+    """Tell each worker the controller's distribution mode (read in pytest_configure)."""
+    node.workerinput["ketta_dist"] = node.config.option.dist  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown without pytest-xdist
@@ -155,6 +167,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         longest = next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), None)
         rank[item.nodeid] = longest if longest is not None else (len(LONGEST_FIRST) if own_server else len(LONGEST_FIRST) + 1)
     items.sort(key=lambda item: rank[item.nodeid])
+
+
+class _GroupsThatXdistSees:
+    """pytest 9 reads a node's id from ``item._id``; xdist 3.8 writes its ``@group`` suffix to the
+    old ``item._nodeid``, which nothing reads, so the controller saw no groups at all and spread a
+    module's tests (and its server) over every worker. Registered on workers: copy the suffix over."""
+
+    @pytest.hookimpl(trylast=True)  # after xdist's worker hook added the suffix
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from _pytest.nodeid import NodeId
+
+        for item in items:
+            grouped = item.__dict__.get("_nodeid")
+            if isinstance(grouped, str) and grouped != item.nodeid:
+                item._id = NodeId.parse(grouped)  # type: ignore[attr-defined]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

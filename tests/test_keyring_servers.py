@@ -142,7 +142,9 @@ class Load:
     """A few client threads sending messages to whichever servers are in rotation, like a load
     balancer that drains a replica before it is restarted; every failure is recorded."""
 
-    def __init__(self, agents: list[str], threads: int = 3):
+    def __init__(self, agents: list[str], threads: int = 3, pause_s: float = 0.3):
+        """``pause_s`` between a thread's requests: requests stay in flight through every restart and
+        the rotation, without the load taking the machine's CPU from the servers starting beside it."""
         self.agents = agents
         self.live: dict[str, KettaProcess] = {}
         self.in_flight: dict[str, int] = {}
@@ -150,6 +152,7 @@ class Load:
         self.failures: list[str] = []
         self._lock = threading.Condition()
         self._stop = threading.Event()
+        self._pause_s = pause_s
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def add(self, name: str, server: KettaProcess) -> None:
@@ -190,6 +193,7 @@ class Load:
                     with self._lock:
                         self.in_flight[name] -= 1
                         self._lock.notify_all()
+                self._stop.wait(self._pause_s)
 
     def __enter__(self) -> "Load":
         for thread in self._threads:

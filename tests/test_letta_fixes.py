@@ -28,7 +28,12 @@ def fixes_off(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator
         yield proc
 
 
-@pytest.fixture(params=["fixes_off", "fixes_on"])
+# The "fixes_off" server is reached through getfixturevalue, which collection cannot see: name the
+# module's group (its tests on one worker, the server started once) and the slow mark here.
+pytestmark = pytest.mark.xdist_group("tests/test_letta_fixes.py")
+
+
+@pytest.fixture(params=[pytest.param("fixes_off", marks=pytest.mark.slow), "fixes_on"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, httpx.Client]]:
     """("fixes_off" | "fixes_on", a client of that server)."""
     proc: KettaProcess = request.getfixturevalue("fixes_off" if request.param == "fixes_off" else "shared_server")
