@@ -1323,6 +1323,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_round_trips.py::test_columns_only_loads_a_row_without_its_selectin_relationships",),
         "RunManager.create_run reads its agent's columns only, not the agent's ten relationships.",
     ),
+    Mutation(
+        "suite-xdist-groups-lost",
+        "tests/conftest.py",
+        "                item._id = NodeId.parse(grouped)  # type: ignore[attr-defined]",
+        "                pass",
+        ("tests/test_suite_groups.py",),
+        "The suite's workers keep a module's tests together: a module-scoped server starts once (issue 21).",
+    ),
 )
 
 
