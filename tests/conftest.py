@@ -75,7 +75,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # An xdist worker of a suite run: fork its servers from a zygote (tests/forked_servers.py),
         # made now, before collection imports Letta into this process. A named test file runs
         # in-process without one (a zygote costs more than it saves for a few starts).
-        forked_servers.start_zygote()
+        basetemp = config.option.basetemp  # the worker's own, inside the controller's
+        forked_servers.start_zygote(Path(basetemp).parent if basetemp else None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -128,12 +128,17 @@ class Zygote:
 
 
 _zygote: Zygote | None = None
+_probe_cache: Path | None = None
 
 
-def start_zygote() -> None:
-    """Fork the zygote now (early: before this process imports Ketta's patch targets or Letta)."""
-    global _zygote
+def start_zygote(shared_dir: Path | None = None) -> None:
+    """Fork the zygote now (early: before this process imports Ketta's patch targets or Letta).
+
+    ``shared_dir``: a directory the run's workers share; the probe of what Letta imports (a process
+    importing all of Letta, ~12 s of CPU) then runs once for the run instead of once per worker."""
+    global _zygote, _probe_cache
     if _zygote is None and enabled() and sys.platform == "linux":
+        _probe_cache = shared_dir / "zygote-preloads.txt" if shared_dir is not None else None
         _zygote = Zygote()
         atexit.register(_zygote.close)
 
@@ -234,8 +239,26 @@ def _zygote_main(sock: socket.socket) -> None:
 
 
 def _modules_letta_imports() -> list[str]:
-    """The third-party modules importing Letta's app loads, in import order, from a probe process
-    with a scrubbed environment and a throwaway HOME (Letta writes under ~/.letta)."""
+    """The third-party modules importing Letta's app loads, in import order: read from the run's
+    shared cache, or probed (the first worker's zygote; the others wait on the lock) and cached."""
+    if _probe_cache is None:
+        return _probe_letta_imports()
+    import fcntl
+
+    with open(_probe_cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _probe_cache.exists():
+            listed = _probe_cache.read_text().splitlines()
+        else:
+            listed = _probe_letta_imports()
+            if listed:
+                _probe_cache.write_text("\n".join(listed))
+    return [name for name in listed if name not in sys.modules]
+
+
+def _probe_letta_imports() -> list[str]:
+    """What importing Letta's app loads (third-party only), from a probe process with a scrubbed
+    environment and a throwaway HOME (Letta writes under ~/.letta)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="ketta-zygote-") as home:

@@ -142,7 +142,7 @@ class Load:
     """A few client threads sending messages to whichever servers are in rotation, like a load
     balancer that drains a replica before it is restarted; every failure is recorded."""
 
-    def __init__(self, agents: list[str], threads: int = 3, pause_s: float = 0.3):
+    def __init__(self, agents: list[str], threads: int = 3, pause_s: float = 1.0):
         """``pause_s`` between a thread's requests: requests stay in flight through every restart and
         the rotation, without the load taking the machine's CPU from the servers starting beside it."""
         self.agents = agents

@@ -46,10 +46,12 @@ def test_a_module_scoped_fixture_is_set_up_once_across_the_default_workers(tmp_p
     (project / "tests" / "test_other.py").write_text("def test_elsewhere():\n    pass\n")
     (project / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
     setups = tmp_path / "setups"
-    env = {**os.environ, "SETUPS_FILE": str(setups), "KETTA_TEST_FORKED_SERVERS": "false"}
+    # The suite's own choice of workers and distribution (no -n, no --dist); only xdist among the
+    # installed plugins (the others cost seconds of CPU per process and play no part here).
+    env = {**os.environ, "SETUPS_FILE": str(setups), "KETTA_TEST_FORKED_SERVERS": "false", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     env.pop("PYTEST_XDIST_AUTO_NUM_WORKERS", None)
     env.pop("PYTEST_ADDOPTS", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=project, env=env,
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "xdist", "-p", "no:cacheprovider", "-q"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "11 passed" in done.stdout and "3 parallel worker(s)" in done.stdout, done.stdout[-2000:]
