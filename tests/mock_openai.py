@@ -296,6 +296,11 @@ class MockOpenAI:
         return self.reply(body) if callable(self.reply) else self.reply
 
 
+def embedding_tokens(texts: list[Any]) -> int:
+    """The ``usage.prompt_tokens`` (and ``total_tokens``) the mock reports for embedding ``texts``."""
+    return sum(max(1, len(str(t)) // 4) for t in texts)
+
+
 def embedding_vector(text: str, dimension: int) -> list[float]:
     """A deterministic unit vector for ``text``: same text, same vector; different texts differ."""
     values: list[float] = []
@@ -610,7 +615,7 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("encoding_format") == "base64":
                 encoded = base64.b64encode(struct.pack(f"<{dimension}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
-        tokens = sum(max(1, len(str(t)) // 4) for t in texts)
+        tokens = embedding_tokens(texts)
         self._send_json(200, {"object": "list", "data": data, "model": model,
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

@@ -20,7 +20,7 @@ from ketta.db import migrations
 from ketta.db.database import sync_url
 
 REFERENCE = Path(__file__).parent / "data" / "letta-0.16.8-schema.json"
-HEAD = "0009_usage_ledger"
+HEAD = "0010_usage_kind"
 KETTA_TABLES = (migrations.LETTA_VERSION_TABLE, migrations.VERSION_TABLE, "ketta_provider_health", migrations.ENCRYPTION_CHECK_TABLE,
                 "ketta_user_tokens", "ketta_pool_members", "ketta_usage", "ketta_usage_prices", "ketta_usage_budgets",
                 "ketta_usage_budget_spend")
@@ -255,6 +255,10 @@ def test_downgrade_to_base_drops_what_the_baseline_made(database_uri: str, engin
     make_letta_database(engine)  # adopted: Letta's alembic_version goes too
     migrations.upgrade(database_uri)
 
+    migrations.downgrade(database_uri, "-1")
+    assert migrations.current(database_uri) == "0009_usage_ledger"
+    with engine.connect() as conn:
+        assert "kind" not in {c["name"] for c in sa.inspect(conn).get_columns("ketta_usage")}
     migrations.downgrade(database_uri, "-1")
     assert migrations.current(database_uri) == "0008_provider_pools"
     assert not table_exists(engine, "ketta_usage") and not table_exists(engine, "ketta_usage_budgets")

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import KettaProcess
-from mock_openai import MockOpenAI
+from mock_openai import MockOpenAI, embedding_tokens
 
 KEY = "sk-usage-0123456789"
 # What the mock reports for every call: cached and reasoning tokens apart.
@@ -41,9 +41,10 @@ def provider(client: httpx.Client, llm: MockOpenAI, name: str | None = None) -> 
     return name
 
 
-def agent(client: httpx.Client, model: str, embedding: str, **extra: Any) -> str:
+def agent(client: httpx.Client, model: str, embedding: str | None, **extra: Any) -> str:
     made = client.post("/v1/agents/", json={"name": f"usage-{uuid.uuid4().hex[:8]}", "agent_type": "letta_v1_agent",
-                                            "include_base_tools": False, "model": model, "embedding": embedding, **extra})
+                                            "include_base_tools": False, "model": model, **({"embedding": embedding} if embedding else {}),
+                                            **extra})
     assert made.status_code == 200, made.text
     return made.json()["id"]
 
@@ -410,3 +411,108 @@ def test_another_worker_shares_the_budget_count(shared_server: KettaProcess, sha
         assert answer.status_code == 429 and budget_name in answer.json()["detail"], answer.text
         assert len(llm.chat_requests()) == sent
         assert client.delete(f"/v1/ketta/budgets/{made.json()['id']}").status_code == 200
+
+
+EMBEDDING_COLUMNS = ("provider_name", "provider_type", "model", "handle", "user_id", "prompt_tokens", "completion_tokens", "cost_usd",
+                     "price_source", "status", "error_class", "streamed", "kind")
+
+
+def embedding_rows(db: sa.Engine, provider_name: str, count: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+    """The provider's embedding rows, oldest first, once there are ``count``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.text(
+                f"SELECT {', '.join(EMBEDDING_COLUMNS)} FROM ketta_usage WHERE provider_name = :p AND kind = 'embedding' ORDER BY id"),
+                {"p": provider_name})]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_embedding_calls_are_recorded_to_the_token(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    """Each embeddings request that reached the provider is a row with the usage it reported:
+    archival memory inserted and searched, a refused batch (400) and Letta's retry of it."""
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        price = client.put("/v1/ketta/prices", json={"provider_name": name, "model": "text-embedding-3-small", "input_per_mtok": 0.02,
+                                                     "output_per_mtok": 0})
+        assert price.status_code == 200, price.text
+        inserted = client.post(f"/v1/agents/{agent_id}/archival-memory",
+                               json={"text": "The usage ledger counts every embedding token the provider reports. " * 7})
+        assert inserted.status_code == 200, inserted.text
+        llm.queue_error(400, "This input is refused once.", "invalid_request_error", path_suffix="/embeddings")
+        found = client.get(f"/v1/agents/{agent_id}/archival-memory/search", params={"query": "which tokens are counted?"})
+        assert found.status_code == 200, found.text
+        sent = llm.requests_to("/embeddings")
+        rows = embedding_rows(shared_db, name, len(sent))
+        report = client.get("/v1/usage/", params={"group_by": "model", "provider": name}).json()
+
+    assert len(sent) == 3 and len(rows) == 3, (sent, rows)
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"] and rows[1]["error_class"] == "4xx"
+    reported = [embedding_tokens(request.body["input"]) for request in sent]
+    assert [r["prompt_tokens"] for r in rows] == [reported[0], None, reported[2]]  # the mock's usage.prompt_tokens, to the token
+    for row in rows:
+        assert row["kind"] == "embedding" and row["model"] == "text-embedding-3-small" and row["handle"] == f"{name}/text-embedding-3-small"
+        assert row["provider_type"] == "openai" and row["user_id"] and row["completion_tokens"] is None and row["streamed"] is False
+    assert [r["cost_usd"] for r in rows] == [Decimal(reported[0]) * Decimal("0.02") / 1000000, None, Decimal(reported[2]) * Decimal("0.02") / 1000000]
+    assert rows[0]["price_source"] == "override"
+    [embedding] = [r for r in report["rows"] if r["key"] == "text-embedding-3-small"]
+    assert (embedding["calls"], embedding["calls_failed"], embedding["prompt_tokens"]) == (3, 1, reported[0] + reported[2])
+
+
+def test_ollama_embedding_calls_are_recorded(shared_server: KettaProcess, shared_db: sa.Engine) -> None:
+    """Ollama's embeddings go through its OpenAI-compatible /v1 (Letta's Ollama embedding configs)."""
+    with MockOpenAI() as ollama, shared_server.client() as client:
+        name = f"ollama-{uuid.uuid4().hex[:8]}"
+        made = client.post("/v1/providers/", json={"name": name, "provider_type": "ollama", "api_key": "", "base_url": ollama.base_url.removesuffix("/v1")})
+        assert made.status_code == 200, made.text
+        # The config Letta's Ollama provider lists (its /v1); the stored handle's config lacks the /v1 (Letta 0.16.8)
+        embedding_config = {"embedding_endpoint_type": "openai", "embedding_endpoint": ollama.base_url, "embedding_model": "text-embedding-3-small",
+                            "embedding_dim": 1536, "embedding_chunk_size": 300, "handle": f"{name}/text-embedding-3-small"}
+        agent_id = agent(client, f"{name}/mock-chat-1", None, embedding_config=embedding_config)
+        inserted = client.post(f"/v1/agents/{agent_id}/archival-memory", json={"text": "Ollama's /v1 reports the usage of embeddings too."})
+        assert inserted.status_code == 200, inserted.text
+        [request] = ollama.requests_to("/embeddings")
+        [row] = embedding_rows(shared_db, name, 1)
+    assert row["prompt_tokens"] == embedding_tokens(request.body["input"]) and row["status"] == "ok"
+    assert row["provider_type"] == "ollama" and row["cost_usd"] is None  # a local model: no catalog price
+
+
+def test_a_spent_hard_budget_refuses_embeddings_before_the_provider(shared_server: KettaProcess, shared_db: sa.Engine, llm: MockOpenAI) -> None:
+    with shared_server.client() as client:
+        name = provider(client, llm)
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
+        made = client.post("/v1/ketta/budgets", json={"name": f"emb-{uuid.uuid4().hex[:6]}", "scope": "provider", "subject": name,
+                                                      "metric": "tokens", "limit": 5, "period": "day", "hard": True})
+        assert made.status_code == 200, made.text
+        first = client.post(f"/v1/agents/{agent_id}/archival-memory", json={"text": "Enough words to pass a five token budget at once."})
+        assert first.status_code == 200, first.text
+        embedding_rows(shared_db, name, 1)
+        second = client.post(f"/v1/agents/{agent_id}/archival-memory", json={"text": "This one is refused."})
+        rows = embedding_rows(shared_db, name, 2)
+        assert client.delete(f"/v1/ketta/budgets/{made.json()['id']}").status_code == 200
+    assert second.status_code == 429 and second.json()["error"]["type"] == "budget_exceeded", second.text
+    assert len(llm.requests_to("/embeddings")) == 1
+    assert [r["status"] for r in rows] == ["ok", "refused"] and rows[1]["prompt_tokens"] is None
+
+
+def test_no_code_of_letta_calls_the_synchronous_llm_request() -> None:
+    """The ledger records ``request_async``/``stream_async`` and embeddings, not a client's
+    synchronous ``request``: nothing in Letta 0.16.8 calls it (its ``send_llm_request`` awaits
+    ``request_async`` too). Every ``.request(`` call in Letta's source is an HTTP client's: the
+    Anthropic and Z.ai proxy routes (closed by Ketta) and the OpenAI back-compat requestor."""
+    import re
+    from pathlib import Path
+
+    import letta
+
+    root = Path(letta.__file__).parent
+    callers = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r"(\w+)\s*\.\s*request\s*\(", text):
+            callers.add((path.relative_to(root).as_posix(), match.group(1)))
+    assert callers == {("server/rest_api/routers/v1/anthropic.py", "client"), ("server/rest_api/routers/v1/zai.py", "client"),
+                       ("openai_backcompat/openai_object.py", "requestor")}, callers

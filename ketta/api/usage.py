@@ -73,7 +73,7 @@ _FILTERS = (
 )
 _CALL_COLUMNS = ("at", "organization_id", "user_id", "agent_id", "agent_name", "run_id", "provider_id", "provider_name", "provider_type",
                  "model", "handle", "pool", "fallback", "streamed", "prompt_tokens", "completion_tokens", "cached_input_tokens",
-                 "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source", "status", "error_class", "duration_ms")
+                 "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_source", "status", "error_class", "duration_ms", "kind")
 
 
 class UsageSums(BaseModel):

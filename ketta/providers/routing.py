@@ -168,6 +168,8 @@ async def _send_elsewhere(*args: Any, **kwargs: Any) -> Any:
 def _async_wrapper(client: Any, method: Callable, stream: bool, sendable: bool) -> Callable:
     if sendable and usage_ledger.enabled():  # each attempt (own provider, pool member, fallback) is a ledger row
         method = usage_ledger.wrap(client, method, stream, _describe_provider, provider_health.status_class)
+    elif method.__name__ == "request_embeddings" and usage_ledger.enabled():  # each embeddings HTTP call is a row
+        method = usage_ledger.wrap_embeddings(client, method, _describe_provider, provider_health.status_class)
 
     @functools.wraps(method)
     async def recorded(*args: Any, **kwargs: Any) -> Any:

@@ -14,6 +14,14 @@ price for that provider and model, else the catalog's, else NULL) and the budget
 written by one SQL statement, in a task of its own started as the call ends (the answer does not
 wait for it); a budget check first waits for this worker's writes in progress, so the next call
 sees the spend (other workers: once written, as for calls in flight). KETTA_USAGE_LEDGER=false turns all of it off.
+
+Embedding calls (``kind`` 'embedding'): Letta's ``request_embeddings`` returns vectors only, so
+:func:`wrap_embeddings` (applied by :mod:`ketta.providers.routing`) checks the budgets once and
+names, for the time it runs, whose calls these are; every embeddings HTTP call it makes through
+the OpenAI SDK (Letta's clients for OpenAI-compatible providers, Ollama's ``/v1`` included, batch
+retries too) is then a row of its own with the usage that response reported
+(:func:`embeddings_sent`, called by the SDK patch). A ``request_embeddings`` that answered without
+any such call is one row with usage unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
@@ -49,13 +57,14 @@ _RECORD = sa.text(
     f"WITH price AS ({_PRICE}), recorded AS ("
     "INSERT INTO ketta_usage (organization_id, user_id, agent_id, agent_name, run_id, provider_id, provider_name, provider_type, "
     "model, handle, pool, fallback, streamed, prompt_tokens, completion_tokens, cached_input_tokens, cache_write_tokens, "
-    "reasoning_tokens, cost_usd, price_source, status, error_class, duration_ms) VALUES ("
+    "reasoning_tokens, cost_usd, price_source, status, error_class, duration_ms, kind) VALUES ("
     "CAST(:org AS varchar), CAST(:user AS varchar), CAST(:agent AS varchar), (SELECT name FROM agents WHERE id = CAST(:agent AS varchar)), CAST(:run AS varchar), "
     "(SELECT id FROM providers WHERE name = CAST(:provider AS varchar) AND organization_id = CAST(:org AS varchar) AND NOT is_deleted LIMIT 1), CAST(:provider AS varchar), CAST(:provider_type AS varchar), "
     "CAST(:model AS varchar), CAST(:handle AS varchar), CAST(:pool AS varchar), :fallback, :streamed, CAST(:prompt AS integer), CAST(:completion AS integer), CAST(:cached AS integer), CAST(:cache_write AS integer), CAST(:reasoning AS integer), "
     "CASE WHEN :reported THEN COALESCE((SELECT cost FROM price), CAST(:catalog AS numeric)) END, "
     "CASE WHEN NOT :reported THEN NULL WHEN EXISTS (SELECT 1 FROM price) THEN 'override' "
-    "WHEN CAST(:catalog AS numeric) IS NOT NULL THEN 'catalog' END, CAST(:status AS varchar), CAST(:error_class AS varchar), CAST(:duration_ms AS integer)) "
+    "WHEN CAST(:catalog AS numeric) IS NOT NULL THEN 'catalog' END, CAST(:status AS varchar), CAST(:error_class AS varchar), CAST(:duration_ms AS integer), "
+    "CAST(:kind AS varchar)) "
     "RETURNING cost_usd, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens) "
     f"{budgets.SPEND_UPSERT}"
 )
@@ -85,6 +94,7 @@ class Call:
     provider_type: str | None = None
     base_url: str | None = None
     done: bool = False
+    kind: str = "llm"  # or "embedding"
 
     def budget_parameters(self) -> dict[str, Any]:
         return budgets.match_parameters(self.organization_id, self.user_id, self.agent_id, self.provider, self.pool)
@@ -127,6 +137,7 @@ async def record(call: Call, tokens: Tokens, status: str, error_class: str | Non
             "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
             "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
             "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
+            "kind": call.kind,
         }
         parameters["pool"] = call.pool  # the row's pool column (budgets match on pool_match)
         async with await _session() as session:
@@ -266,3 +277,71 @@ async def _describe(call: Call, describe: Describe) -> None:
         found = None
     if found:
         call.provider_type, call.base_url = found[0] or call.provider_type, found[1]
+
+
+@dataclass
+class EmbeddingRequest:
+    """One ``request_embeddings`` being run: its row's template and how many calls it sent."""
+
+    call: Call
+    classify: Classify
+    sent: int = 0
+
+
+def wrap_embeddings(client: Any, method: Callable, describe: Describe, classify: Classify) -> Callable:
+    """``method`` (a client's ``request_embeddings(texts, embedding_config)``) with its embeddings
+    HTTP calls recorded (:func:`embeddings_sent`); a spent hard budget refuses it before any call."""
+
+    @functools.wraps(method)
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        config = args[1] if len(args) > 1 else kwargs.get("embedding_config")
+        call = _begin(client, None, streamed=False)
+        handle = getattr(config, "handle", None)
+        call.kind, call.handle, call.model = "embedding", handle, getattr(config, "embedding_model", None)
+        call.provider = handle.split("/", 1)[0] if handle and "/" in handle else None
+        endpoint_type = getattr(config, "embedding_endpoint_type", None)
+        call.provider_type = getattr(endpoint_type, "value", endpoint_type)
+        if call.organization_id:
+            try:
+                await _check_budgets(call)
+            except budgets.BudgetExceeded:
+                record_later(call, Tokens(), "refused")
+                raise
+        await _describe(call, describe)
+        request = EmbeddingRequest(call, classify)
+        token = context.embedding_request.set(request)
+        try:
+            result = await method(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not request.sent:
+                record_later(call, Tokens(), "error", classify(exc))
+            raise
+        finally:
+            context.embedding_request.reset(token)
+        if not request.sent and result:  # answered by a path the SDK hook does not see: usage unknown
+            record_later(call, Tokens(), "ok")
+        return result
+
+    return recorded
+
+
+async def embeddings_sent(send: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """One embeddings HTTP call (the OpenAI SDK's ``embeddings.create``): inside a recorded
+    ``request_embeddings``, a ledger row with the usage its response reported."""
+    request: EmbeddingRequest | None = context.embedding_request.get()
+    if request is None:
+        return await send(*args, **kwargs)
+    request.sent += 1
+    call = replace(request.call, started=time.perf_counter(), done=False)
+    try:
+        response = await send(*args, **kwargs)
+    except asyncio.CancelledError:
+        record_later(call, Tokens(), "incomplete")
+        raise
+    except Exception as exc:
+        record_later(call, Tokens(), "error", request.classify(exc))
+        raise
+    record_later(call, from_response(response), "ok")
+    return response

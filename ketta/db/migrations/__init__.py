@@ -49,7 +49,7 @@ BASELINE_REVISION = "0001_letta_0_16_8"
 ENCRYPTION_CHECK_TABLE = "ketta_encryption_check"
 # The newest revision in versions/ (a test checks it): lets a start-up on an up-to-date
 # database skip loading alembic at all.
-HEAD_REVISION = "0009_usage_ledger"
+HEAD_REVISION = "0010_usage_kind"
 # A fixed advisory-lock key for "Ketta migrations" (the bytes of 'ketta-db' as a bigint).
 MIGRATION_LOCK_KEY = int.from_bytes(b"ketta-db", "big")
 SCRIPT_DIRECTORY = Path(__file__).resolve().parent

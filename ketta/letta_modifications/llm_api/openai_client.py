@@ -9,6 +9,11 @@ The provider is the first part of the embedding handle ('{provider name}/{model}
 Letta builds ``openai.AsyncOpenAI``/``OpenAI`` clients (OpenAI, Kimi, Azure, DeepSeek, xAI, ...)
 without an ``http_client``; the SDK then makes its own ``AsyncHttpxClientWrapper``. The patch
 gives that default client the guarded transport of :mod:`ketta.security.url_guard`.
+
+Letta's ``request_embeddings`` (every OpenAI-compatible client: OpenAI, Azure, Together, xAI,
+Groq, Z.ai, Ollama's /v1) keeps the vectors of the SDK's ``embeddings.create`` and drops its
+``usage``: the SDK method is wrapped so each call is a row of the usage ledger
+(:func:`ketta.usage.ledger.embeddings_sent`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ketta.providers.key_binding import endpoint_for_call
 from ketta.llm.http import OPENAI_DEFAULT_BASE_URL, bounded_init, guarded_sdk_client_classes
 from ketta.providers.keys import lookup, lookup_key_async
 from ketta.providers.rules import NO_KEY
+from ketta.usage import ledger as usage_ledger
 from letta.llm_api.openai_client import OpenAIClient
 from letta.schemas.embedding_config import EmbeddingConfig
 
@@ -65,6 +71,15 @@ async def request_embeddings(self: OpenAIClient, inputs: list[str], embedding_co
     if "/" in handle and self.actor is not None:
         await lookup_key_async(handle.split("/", 1)[0], self.actor.organization_id, handle)
     return await patching.original(EMBEDDINGS_TARGET)(self, inputs, embedding_config)
+
+
+EMBEDDINGS_CREATE_TARGET = "openai.resources.embeddings:AsyncEmbeddings.create"
+
+
+async def create_embeddings(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """The SDK's embeddings call, its usage recorded when a recorded ``request_embeddings`` sent it."""
+    original = patching.original(EMBEDDINGS_CREATE_TARGET)
+    return await usage_ledger.embeddings_sent(lambda *a, **k: original(self, *a, **k), *args, **kwargs)
 
 
 RESPONSES_TARGET = "letta.llm_api.openai_client:OpenAIClient.build_request_data_responses"
@@ -118,6 +133,10 @@ PATCHES = [
         setting="unified_providers",
         why="The embedding provider's key is read and decrypted off the event loop before Letta's synchronous client set-up.",
     ),
+    Patch(target=EMBEDDINGS_CREATE_TARGET, replacement=create_embeddings, fingerprint="ceef0545717bd794",
+          setting="usage_ledger", requires=OPENAI_SDK,
+          why="Each embeddings call's usage (the response's usage.prompt_tokens, which Letta's request_embeddings "
+              "drops) is a row of the usage ledger."),
     Patch(target=ASYNC_SDK_TARGET, replacement=bounded_init(ASYNC_SDK_TARGET, "httpx", True, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
           fingerprint="d344730b9de46aee", setting="bounded_llm_calls", requires=OPENAI_SDK, why=SDK_PATCH_WHY),
     Patch(target=SYNC_SDK_TARGET, replacement=bounded_init(SYNC_SDK_TARGET, "httpx", False, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL),
