@@ -516,3 +516,44 @@ def test_no_code_of_letta_calls_the_synchronous_llm_request() -> None:
             callers.add((path.relative_to(root).as_posix(), match.group(1)))
     assert callers == {("server/rest_api/routers/v1/anthropic.py", "client"), ("server/rest_api/routers/v1/zai.py", "client"),
                        ("openai_backcompat/openai_object.py", "requestor")}, callers
+
+
+def test_a_ledger_row_is_one_statement_without_a_transaction(shared_db: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recording's cost: the row, its cost and its budgets' spend are one statement, sent in
+    autocommit (one round trip: no BEGIN, no COMMIT)."""
+    import asyncio
+
+    import asyncpg
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from ketta.usage import ledger as usage_ledger
+    from ketta.usage.tokens import Tokens
+
+    engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), poolclass=sa.NullPool)
+    sessions = async_sessionmaker(engine)
+
+    async def session() -> Any:
+        return sessions()
+
+    monkeypatch.setattr(usage_ledger, "_session", session)
+    transactions: list[int] = []
+    original = asyncpg.connection.Connection.transaction
+    monkeypatch.setattr(asyncpg.connection.Connection, "transaction", lambda self, *a, **k: transactions.append(1) or original(self, *a, **k))
+    statements: list[str] = []
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cursor, statement, *rest: statements.append(statement))
+    run_id = f"run-{uuid.uuid4().hex}"
+    call = usage_ledger.Call(organization_id=f"org-{uuid.uuid4().hex[:8]}", user_id=None, agent_id=None, run_id=run_id, provider="nowhere",
+                             model="mock-chat-1", handle="nowhere/mock-chat-1", pool=None, fallback=False, streamed=False)
+
+    async def record() -> None:
+        async with engine.connect() as conn:  # the dialect's first-connect queries, before counting
+            await conn.execute(sa.text("SELECT 1"))
+        transactions.clear(), statements.clear()
+        await usage_ledger.record(call, Tokens(prompt=12, completion=3), "ok")
+        await engine.dispose()
+
+    asyncio.run(record())
+    with shared_db.connect() as conn:
+        row = conn.execute(sa.text("SELECT prompt_tokens, completion_tokens, status FROM ketta_usage WHERE run_id = :r"), {"r": run_id}).one()
+    assert tuple(row) == (12, 3, "ok")
+    assert len(statements) == 1 and statements[0].startswith("WITH price AS") and transactions == []

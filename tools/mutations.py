@@ -1315,6 +1315,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A spent hard budget refuses an embedding request before it reaches the provider.",
     ),
     Mutation(
+        "usage-record-in-a-transaction",
+        "ketta/usage/ledger.py",
+        "            connection = await session.connection(execution_options=_AUTOCOMMIT)\n            await connection.execute(_RECORD, parameters)\n",
+        "            await session.execute(_RECORD, parameters)\n            await session.commit()\n",
+        ("tests/test_usage.py::test_a_ledger_row_is_one_statement_without_a_transaction",),
+        "A ledger row (with its cost and budget spend) is one statement in autocommit: one round trip, no BEGIN/COMMIT.",
+    ),
+    Mutation(
         "round-trips-writes-outside-transaction",
         "ketta/db/round_trips.py",
         "            plain = not executemany and is_plain_read(statement) and not getattr(cursor, \"server_side\", False)",

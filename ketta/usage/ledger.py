@@ -11,7 +11,7 @@ breaks, or is closed unfinished ('incomplete', with what it reported so far).
 Before a call is sent, the budgets it counts for are read (:mod:`ketta.usage.budgets`); a spent
 hard budget refuses it (a 'refused' row, no tokens were sent). The row, its cost (the operator's
 price for that provider and model, else the catalog's, else NULL) and the budgets' spend are
-written by one SQL statement, in a task of its own started as the call ends (the answer does not
+written by one SQL statement (in autocommit: one round trip), in a task of its own started as the call ends (the answer does not
 wait for it); a budget check first waits for this worker's writes in progress, so the next call
 sees the spend (other workers: once written, as for calls in flight). KETTA_USAGE_LEDGER=false turns all of it off.
 
@@ -68,6 +68,9 @@ _RECORD = sa.text(
     "RETURNING cost_usd, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens) "
     f"{budgets.SPEND_UPSERT}"
 )
+
+
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def enabled() -> bool:
@@ -141,8 +144,9 @@ async def record(call: Call, tokens: Tokens, status: str, error_class: str | Non
         }
         parameters["pool"] = call.pool  # the row's pool column (budgets match on pool_match)
         async with await _session() as session:
-            await session.execute(_RECORD, parameters)
-            await session.commit()
+            # One statement, atomic by itself: run in autocommit, it is one round trip (no BEGIN, no COMMIT).
+            connection = await session.connection(execution_options=_AUTOCOMMIT)
+            await connection.execute(_RECORD, parameters)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the ledger never fails the call it records
