@@ -20,8 +20,9 @@ The ledger writes its row in a task of its own after the answer; each block's CP
 the server is idle again (``--settle`` s later), so those writes are inside the block.
 
 Each round gives one paired difference (on minus off) per figure; the script prints their mean
-with a 95 % confidence interval (Student's t over the rounds) and that as a share of the
-ledger-off figure; the ledger server's rows are counted to show every message was recorded.
+with a 95 % confidence interval (Student's t over the rounds), their median with a 95 % interval
+(sign test: robust to the rare block that holds a full garbage collection of the server's heap),
+and both as a share of the ledger-off figure; the ledger server's rows are counted to show every message was recorded.
 
 The difference of two noisy servers needs many rounds to resolve 1 %, so ``--direct N`` also
 measures the recording itself: this process runs the ledger's own ``record_later`` (the task the
@@ -95,7 +96,7 @@ def process_cpu_s(pid: int, with_children: bool = True) -> float:
 
 def backends_cpu_s(admin: sa.Engine, database: str) -> float:
     with admin.connect() as conn:
-        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": database}).scalars().all()
+        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND backend_type = 'client backend'"), {"d": database}).scalars().all()
     return sum(process_cpu_s(pid, with_children=False) for pid in pids)
 
 
@@ -162,14 +163,34 @@ def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 
     return lines
 
 
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """The median and a distribution-free 95 % interval for it (order statistics of the sign test),
+    which a few outliers (a full garbage collection in one server's block) do not widen."""
+    ordered, n = sorted(values), len(values)
+    k, below = 0, 0.0
+    while True:  # the largest k with P(Binomial(n, 1/2) < k) <= 0.025
+        below_next = below + math.comb(n, k) / 2 ** n
+        if below_next > 0.025:
+            break
+        below, k = below_next, k + 1
+    k = max(k, 1)
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k]
+
+
 def summary(name: str, unit: str, on: list[float], off: list[float]) -> str:
-    """Paired differences per round: mean, 95 % interval, and their share of the 'off' mean."""
+    """Paired differences per round: mean with its 95 % interval (Student's t), median with its
+    95 % interval (sign test), and their share of the 'off' mean."""
     differences = [a - b for a, b in zip(on, off)]
     mean_off, mean_diff = statistics.fmean(off), statistics.fmean(differences)
-    half = t95(len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
-    return (f"{name:<26} on {statistics.fmean(on):8.2f} {unit}  off {mean_off:8.2f} {unit}  on-off {mean_diff:+7.2f} {unit} "
-            f"[{mean_diff - half:+.2f}, {mean_diff + half:+.2f}]  = {mean_diff / mean_off * 100:+.2f} % "
-            f"[{(mean_diff - half) / mean_off * 100:+.2f}, {(mean_diff + half) / mean_off * 100:+.2f}] of off")
+    half = t95(len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+    median, low, high = median_interval(differences)
+
+    def share(value: float) -> str:
+        return f"{value / mean_off * 100:+.2f} %"
+
+    return (f"{name:<24} on {statistics.fmean(on):7.2f} {unit}, off {mean_off:7.2f} {unit}; on-off mean {mean_diff:+6.2f} {unit} "
+            f"[{mean_diff - half:+.2f}, {mean_diff + half:+.2f}] = {share(mean_diff)} [{share(mean_diff - half)}, {share(mean_diff + half)}]; "
+            f"median {median:+6.2f} {unit} [{low:+.2f}, {high:+.2f}] = {share(median)} [{share(low)}, {share(high)}]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.rounds} rounds of {args.block} messages per server ({args.warmup} warm-up rounds), "
               f"{time.monotonic() - started:.0f} s; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
               f"ledger rows with tokens: {rows} (LLM calls of {(args.warmup + args.rounds) * args.block} messages)")
-        print("per message, mean over rounds; on-off: mean paired difference [95 % interval]")
+        print("per message, mean over rounds; on-off: the paired differences' mean and median [95 % intervals], and as a share of off")
         print(summary("wall time of round trip", "ms", on["wall"], off["wall"]))
         print(summary("server CPU", "ms", on["cpu"], off["cpu"]))
         print(summary("PostgreSQL CPU", "ms", on["pg"], off["pg"]))
