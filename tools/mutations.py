@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("ketta", "tests", "pyproject.toml")
+COPIED = ("ketta", "tests", "bench", "pyproject.toml")  # bench: tests/test_round_trips.py reads PostgreSQL's log with bench/db_statements.py
 
 
 @dataclass(frozen=True)
@@ -1362,6 +1362,70 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        if True:",
         ("tests/test_round_trips.py::test_columns_only_loads_a_row_without_its_selectin_relationships",),
         "RunManager.create_run reads its agent's columns only, not the agent's ten relationships.",
+    ),
+    Mutation(
+        "round-trips-agent-update-reread",
+        "ketta/db/direct_writes.py",
+        "    if not _agent_update_result_unused.get():",
+        "    if True:",
+        ("tests/test_round_trips.py::test_a_message_costs_at_most_its_statements_and_transactions",),
+        "A finished run's agent update (last_stop_reason) is one UPDATE, not the agent read with its relationships twice.",
+    ),
+    Mutation(
+        "round-trips-unused-relationships-loaded",
+        "ketta/db/round_trips.py",
+        "        if not state.is_select or state.is_relationship_load or getattr(bind, \"_proxied\", bind) not in _skipping_engines:",
+        "        if True:",
+        ("tests/test_round_trips.py::test_a_message_costs_at_most_its_statements_and_transactions",),
+        "Loading messages does not load their steps and runs (two statements per load that nothing reads).",
+    ),
+    Mutation(
+        "round-trips-single-writes-in-transaction",
+        "ketta/db/round_trips.py",
+        "    return owner is not None and owner is asyncio.current_task()",
+        "    return False",
+        ("tests/test_round_trips.py::test_a_message_costs_at_most_its_statements_and_transactions",),
+        "A session that writes one statement (a step, a provider trace, a run's updates) sends no BEGIN/COMMIT.",
+    ),
+    Mutation(
+        "round-trips-step-metrics-read-modify-write",
+        "ketta/letta_modifications/services/step_manager.py",
+        "    if not args and not kwargs.get(\"allow_partial\") and set(kwargs) <= {*METRIC_FIELDS, \"allow_partial\"}:",
+        "    if False:",
+        ("tests/test_round_trips.py::test_a_message_costs_at_most_its_statements_and_transactions",),
+        "A step's metrics row is written by one INSERT ... ON CONFLICT, not five reads and writes per call.",
+    ),
+    Mutation(
+        "round-trips-step-metrics-update-drops-fields",
+        "ketta/db/direct_writes.py",
+        "        insert = insert.on_conflict_do_update(index_elements=[metrics.c.id], set_=given,",
+        "        insert = insert.on_conflict_do_update(index_elements=[metrics.c.id], set_={\"step_ns\": None},",
+        ("tests/test_round_trips.py::test_a_message_stores_what_it_stores_without_the_changes",),
+        "The second metrics call of a step (after the LLM answered) stores its timings, as Letta's update does.",
+    ),
+    Mutation(
+        "round-trips-step-success-status",
+        "ketta/db/direct_writes.py",
+        "        \"status\": StepStatus.SUCCESS,",
+        "        \"status\": StepStatus.PENDING,",
+        ("tests/test_round_trips.py::test_a_message_stores_what_it_stores_without_the_changes",),
+        "A successful step is stored with status success, its tokens and stop reason, as Letta's update does.",
+    ),
+    Mutation(
+        "round-trips-agent-stop-reason-lost",
+        "ketta/db/direct_writes.py",
+        "        .values(**values, updated_at=datetime.now(timezone.utc), _last_updated_by_id=actor.id)",
+        "        .values(updated_at=datetime.now(timezone.utc), _last_updated_by_id=actor.id)",
+        ("tests/test_round_trips.py::test_a_message_stores_what_it_stores_without_the_changes",),
+        "A finished run still sets its agent's last_stop_reason.",
+    ),
+    Mutation(
+        "round-trips-message-ids-truncated",
+        "ketta/db/direct_writes.py",
+        "            message_ids=message_ids,",
+        "            message_ids=message_ids[:1],",
+        ("tests/test_round_trips.py::test_a_message_stores_what_it_stores_without_the_changes",),
+        "After a step the agent's context holds every in-context message, stored by the one UPDATE.",
     ),
     Mutation(
         "suite-xdist-groups-lost",

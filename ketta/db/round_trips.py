@@ -20,13 +20,25 @@ transactions; two kinds of round trip carried no work at all:
   Not done behind a transaction-mode PgBouncer (KETTA_DB_PGBOUNCER): there an asyncpg prepare and
   its execute outside a transaction may reach different server connections.
 
-``KETTA_DB_FEWER_ROUND_TRIPS=false`` restores SQLAlchemy's pre-ping and BEGIN before every session.
+Two more, for the rows a message reads and writes:
+
+- **Relationships nobody reads** (:data:`UNUSED_RELATIONSHIPS`): a message's ``step`` and ``run``
+  are ``selectin`` in Letta's model, two statements per load of messages, and nothing reads them.
+- **Sessions that write one statement** (:class:`writes_alone`): a Letta method whose every
+  session writes one INSERT or UPDATE (a step's row, a provider trace, a finished run's updates)
+  runs without BEGIN/COMMIT: PostgreSQL runs a statement sent outside a block as its own
+  transaction. :mod:`ketta.db.direct_writes` turns Letta's read-modify-write of a message's other
+  rows into such single statements.
+
+``KETTA_DB_FEWER_ROUND_TRIPS=false`` restores SQLAlchemy's pre-ping and BEGIN before every session,
+and Letta's own reads and writes.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import weakref
 from contextvars import ContextVar
 from typing import Any
 
@@ -149,3 +161,83 @@ class columns_only:
 
     def __exit__(self, *exc_info: object) -> None:
         _columns_only.reset(self._token)
+
+
+# ------------------------------------------------------------------------------------------------
+# Relationships Letta loads eagerly and never reads.
+
+# (module, class, relationship names): Message.step and Message.run are ``selectin``: every load of
+# messages cost two more statements (their steps, their runs), and no code of Letta 0.16.8 reads
+# either (Message.to_pydantic uses the step_id and run_id columns). On Ketta's engine they are not
+# loaded; touching one raises (raiseload) rather than loading it quietly, so a Letta that starts
+# reading them fails loudly in its own test suite instead of paying the statements unnoticed.
+UNUSED_RELATIONSHIPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (("letta.orm.message", "Message", ("step", "run")),)
+
+_skipping_engines: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_skip_listener_installed = False
+
+
+def skip_unused_relationships(engine: AsyncEngine) -> None:
+    """ORM loads on this engine's sessions leave :data:`UNUSED_RELATIONSHIPS` unloaded."""
+    global _skip_listener_installed
+    _skipping_engines.add(engine.sync_engine)
+    if _skip_listener_installed:
+        return
+    import importlib
+
+    from sqlalchemy.orm import Session, raiseload
+
+    skipped = []
+    for module_name, class_name, names in UNUSED_RELATIONSHIPS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        skipped.append((cls, [raiseload(getattr(cls, name)) for name in names]))
+
+    @event.listens_for(Session, "do_orm_execute")
+    def _skip(state: Any) -> None:
+        bind = state.session.bind
+        if not state.is_select or state.is_relationship_load or getattr(bind, "_proxied", bind) not in _skipping_engines:
+            return
+        entities = {d.get("expr") for d in getattr(state.statement, "column_descriptions", ())}
+        for cls, options in skipped:
+            if cls in entities:
+                state.statement = state.statement.options(*options)
+
+    _skip_listener_installed = True
+
+
+# ------------------------------------------------------------------------------------------------
+# Sessions that write one statement: no BEGIN/COMMIT around it.
+
+# The task whose database sessions run outside a transaction block (see writes_alone).
+_writes_alone: ContextVar[Any] = ContextVar("ketta_writes_alone", default=None)
+
+
+class writes_alone:
+    """Within this block, the database sessions this task opens send no BEGIN/COMMIT: each
+    statement is its own transaction, as PostgreSQL runs a statement sent outside a block.
+
+    Only for Letta methods each of whose sessions writes at most one statement (a single INSERT
+    or UPDATE after any reads): that write is atomic by itself, and the reads before it saw their
+    own snapshot already (READ COMMITTED, BEGIN deferred to the first write). Tasks started inside
+    the block do not inherit it (their sessions are not the method's). Not behind a transaction-mode
+    PgBouncer (KETTA_DB_PGBOUNCER; the session patch checks), for the reason given above."""
+
+    def __enter__(self) -> "writes_alone":
+        import asyncio
+
+        self._token = _writes_alone.set(asyncio.current_task())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _writes_alone.reset(self._token)
+
+
+def sessions_write_alone() -> bool:
+    """Whether a session opened now (by this task) should run outside a transaction block."""
+    import asyncio
+
+    owner = _writes_alone.get()
+    return owner is not None and owner is asyncio.current_task()
+
+
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}

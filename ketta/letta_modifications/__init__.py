@@ -52,6 +52,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.group_manager",
     "ketta.letta_modifications.services.identity_manager",
     "ketta.letta_modifications.services.run_manager",
+    "ketta.letta_modifications.services.provider_trace_backends.postgres",
     "ketta.letta_modifications.services.files_agents_manager",
     "ketta.letta_modifications.services.organization_manager",
     "ketta.letta_modifications.services.user_manager",

@@ -85,6 +85,7 @@ def session_factory() -> async_sessionmaker[AsyncSession]:
         settings = get_settings()
         if settings.db_fewer_round_trips:
             round_trips.install(engine, ping_after_idle_s=settings.db_ping_after_idle, defer_begin=not settings.db_pgbouncer)
+            round_trips.skip_unused_relationships(engine)
         factory = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False, autoflush=False)
         made = _engines[id(loop)] = (loop, engine, factory)
         log.debug("database pool: size %s, overflow %s", engine.pool.size(), get_settings().db_max_overflow)
@@ -143,7 +144,15 @@ async def async_session(self: Any) -> AsyncIterator[AsyncSession]:
     """A session on the pool; commit on success, rollback on error or cancellation; yields once."""
     from letta.errors import LettaServiceUnavailableError
 
-    async with session_factory()() as session:
+    factory = session_factory()
+    # A method whose sessions write one statement each (ketta.db.round_trips.writes_alone): the
+    # session's connection (same pool) runs outside a transaction block; the session itself is as
+    # any other (an explicit session.begin() of Letta's still works).
+    # Not behind a transaction-mode PgBouncer: there a statement outside a transaction may have its
+    # prepare and execute sent to different server connections (as for the deferred BEGIN).
+    alone = round_trips.sessions_write_alone() and not get_settings().db_pgbouncer
+    bind = factory.kw["bind"].execution_options(**round_trips.AUTOCOMMIT) if alone else None
+    async with (factory(bind=bind) if bind is not None else factory()) as session:
         try:
             yield session
             await session.commit()

@@ -11,6 +11,10 @@
   creates the agent and fails later (archival memory, file sources) with an unrelated error;
   here the request is refused up front with a 400 that says what to pass.
 
+When KETTA_DB_FEWER_ROUND_TRIPS is on, an update whose caller discards the answer and that sets only
+scalar columns (a finished run's ``last_stop_reason``) and the in-context message ids after each
+step are stored by one UPDATE each (:mod:`ketta.db.direct_writes`).
+
 Create and update are the two doors every REST route, template and agent-file import goes
 through. Each check follows its own setting, read per call.
 """
@@ -25,6 +29,7 @@ from letta.schemas.user import User
 from letta.services.agent_manager import AgentManager
 
 from ketta.core import patching
+from ketta.db import direct_writes
 from ketta.providers.key_binding import check_agent_configs
 from ketta.providers.kimi import KIMI_PROVIDER_TYPE
 from ketta.core.patching import Patch
@@ -66,7 +71,23 @@ async def update_agent_async(self: AgentManager, agent_id: str, agent_update: Up
     await check_agent_configs(agent_update.llm_config, agent_update.embedding_config, actor.organization_id)
     if get_settings().organization_scope:
         await require_own(actor, agent_refs(agent_update))
+    columns = direct_writes.agent_columns_only(agent_update) if get_settings().db_fewer_round_trips else None
+    if columns is not None and not args and not kwargs:
+        # The caller discards the answer (RunManager.update_run_by_id_async): one UPDATE stores the
+        # same columns; no such agent in the actor's organization -> Letta's update, for its error.
+        if await direct_writes.set_agent_columns(agent_id, columns, actor):
+            return None  # type: ignore[return-value]
     return await patching.original(UPDATE_TARGET)(self, agent_id, agent_update, actor, *args, **kwargs)
+
+
+MESSAGE_IDS_TARGET = "letta.services.agent_manager:AgentManager.update_message_ids_async"
+
+
+async def update_message_ids_async(self: AgentManager, agent_id: str, message_ids: list[str], actor: User) -> None:
+    """The agent's in-context message ids stored by one UPDATE (Letta: the agent row read, then
+    updated, in a transaction); no such agent in the actor's organization -> Letta's method."""
+    if not await direct_writes.set_message_ids(agent_id, message_ids, actor):
+        await patching.original(MESSAGE_IDS_TARGET)(self, agent_id=agent_id, message_ids=message_ids, actor=actor)
 
 
 GET_TARGET = "letta.services.agent_manager:AgentManager.get_agent_by_id_async"
@@ -105,6 +126,16 @@ PATCHES = [
         replacement=update_agent_async,
         fingerprint="d03a557f83d96aec",
         setting="unified_providers",
-        why="Agent updates are checked like creation: endpoints pass the URL guard (422) and are their named provider's (400).",
+        why="Agent updates are checked like creation: endpoints pass the URL guard (422) and are their named provider's (400). "
+        "An update of scalar columns whose answer is discarded (a finished run's last_stop_reason) is one UPDATE "
+        "when KETTA_DB_FEWER_ROUND_TRIPS is on.",
+    ),
+    Patch(
+        target=MESSAGE_IDS_TARGET,
+        replacement=update_message_ids_async,
+        fingerprint="04de74e0d8d08f5c",
+        setting="db_fewer_round_trips",
+        why="An agent's in-context message ids (set after every step) are stored by one UPDATE, not a read, an UPDATE "
+        "and BEGIN/COMMIT (four statements per step to one).",
     ),
 ]
