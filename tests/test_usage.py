@@ -468,10 +468,8 @@ def test_ollama_embedding_calls_are_recorded(shared_server: KettaProcess, shared
         name = f"ollama-{uuid.uuid4().hex[:8]}"
         made = client.post("/v1/providers/", json={"name": name, "provider_type": "ollama", "api_key": "", "base_url": ollama.base_url.removesuffix("/v1")})
         assert made.status_code == 200, made.text
-        # The config Letta's Ollama provider lists (its /v1); the stored handle's config lacks the /v1 (Letta 0.16.8)
-        embedding_config = {"embedding_endpoint_type": "openai", "embedding_endpoint": ollama.base_url, "embedding_model": "text-embedding-3-small",
-                            "embedding_dim": 1536, "embedding_chunk_size": 300, "handle": f"{name}/text-embedding-3-small"}
-        agent_id = agent(client, f"{name}/mock-chat-1", None, embedding_config=embedding_config)
+        # Letta 0.16.8 stores the handle's config with the provider's base_url (no /v1): still sent to /v1/embeddings
+        agent_id = agent(client, f"{name}/mock-chat-1", f"{name}/text-embedding-3-small")
         inserted = client.post(f"/v1/agents/{agent_id}/archival-memory", json={"text": "Ollama's /v1 reports the usage of embeddings too."})
         assert inserted.status_code == 200, inserted.text
         [request] = ollama.requests_to("/embeddings")

@@ -1323,6 +1323,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "A ledger row (with its cost and budget spend) is one statement in autocommit: one round trip, no BEGIN/COMMIT.",
     ),
     Mutation(
+        "ollama-embeddings-without-v1",
+        "ketta/letta_modifications/llm_api/openai_client.py",
+        "            kwargs[\"base_url\"] = kwargs[\"base_url\"].rstrip(\"/\") + \"/v1\"",
+        "            pass",
+        ("tests/test_usage.py::test_ollama_embedding_calls_are_recorded",),
+        "An Ollama embedding handle's calls go to its /v1 (Letta sends them to the bare base_url: 404).",
+    ),
+    Mutation(
         "round-trips-writes-outside-transaction",
         "ketta/db/round_trips.py",
         "            plain = not executemany and is_plain_read(statement) and not getattr(cursor, \"server_side\", False)",

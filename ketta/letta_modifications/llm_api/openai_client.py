@@ -45,6 +45,10 @@ def _prepare_client_kwargs_embedding(self: OpenAIClient, embedding_config: Embed
         if key:
             kwargs["api_key"] = key
         kwargs["base_url"] = endpoint_for_call(kwargs.get("base_url"), provider_name, row.provider_type, row.base_url)
+        if row.provider_type == "ollama" and kwargs["base_url"] and not kwargs["base_url"].rstrip("/").endswith("/v1"):
+            # Letta builds an embedding config from a handle with the provider's base_url as its
+            # endpoint; Ollama serves its OpenAI-compatible embeddings under /v1 (POST /embeddings: 404).
+            kwargs["base_url"] = kwargs["base_url"].rstrip("/") + "/v1"
     return kwargs
 
 
@@ -110,7 +114,8 @@ PATCHES = [
         replacement=_prepare_client_kwargs_embedding,
         fingerprint="87c765c1c5274715",
         setting="unified_providers",
-        why="Embedding requests carry the key of the provider named in the embedding handle, and go only to its endpoint.",
+        why="Embedding requests carry the key of the provider named in the embedding handle, and go only to its endpoint "
+            "(an Ollama provider's under /v1, where it serves them).",
     ),
     Patch(
         target="openai._base_client:AsyncHttpxClientWrapper",
