@@ -230,6 +230,16 @@ class UsageStream:
         return item
 
 
+async def _refuse_over_budget(call: Any) -> None:
+    """Raise BudgetExceeded (recorded as a 'refused' row) when a hard budget of the call's organization is spent."""
+    if call.organization_id:
+        try:
+            await _check_budgets(call)
+        except budgets.BudgetExceeded:
+            record_later(call, Tokens(), "refused")
+            raise
+
+
 def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classify: Classify) -> Callable:
     """``method`` (a client's raw request_async/stream_async) recording each call in the ledger."""
 
@@ -237,12 +247,7 @@ def wrap(client: Any, method: Callable, stream: bool, describe: Describe, classi
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         config = args[1] if len(args) > 1 else kwargs.get("llm_config")
         call = _begin(client, config, stream)
-        if call.organization_id:
-            try:
-                await _check_budgets(call)
-            except budgets.BudgetExceeded:
-                record_later(call, Tokens(), "refused")
-                raise
+        await _refuse_over_budget(call)
         call.started = time.perf_counter()
         try:
             result = await method(*args, **kwargs)
@@ -305,12 +310,7 @@ def wrap_embeddings(client: Any, method: Callable, describe: Describe, classify:
         call.provider = handle.split("/", 1)[0] if handle and "/" in handle else None
         endpoint_type = getattr(config, "embedding_endpoint_type", None)
         call.provider_type = getattr(endpoint_type, "value", endpoint_type)
-        if call.organization_id:
-            try:
-                await _check_budgets(call)
-            except budgets.BudgetExceeded:
-                record_later(call, Tokens(), "refused")
-                raise
+        await _refuse_over_budget(call)
         await _describe(call, describe)
         request = EmbeddingRequest(call, classify)
         token = context.embedding_request.set(request)
