@@ -83,6 +83,22 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> None:
     for label, needle in KNOWN_COSTS.items():
         count = sum(c for frames, c in stacks if any(needle in frame for frame in frames))
         print(f"  {100 * count / total:5.1f} %  {label}")
+    for package in ("sqlalchemy", "openai"):
+        print(f"\n{package} by caller (the last letta/ketta frame before it; inclusive share of busy CPU):")
+        for caller, count in callers_of(stacks, package).most_common(12):
+            print(f"  {100 * count / total:5.1f} %  {caller}")
+
+
+def callers_of(stacks: list[tuple[list[str], int]], package: str) -> collections.Counter[str]:
+    """Samples spent inside ``package``, by the Letta or Ketta function that called into it."""
+    callers: collections.Counter[str] = collections.Counter()
+    for frames, count in stacks:
+        first = next((i for i, frame in enumerate(frames) if package_of(frame) == package), None)
+        if first is None:
+            continue
+        caller = next((frame for frame in reversed(frames[:first]) if package_of(frame) in ("letta", "ketta")), "?")
+        callers[caller] += count
+    return callers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ketta", default=str(bench.BIN / "ketta"), help="the ketta executable to profile")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--save", type=Path, help="also keep py-spy's raw output in this file")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(bench.BIN / "py-spy")
 
@@ -123,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(60)
         print(f"{args.messages} messages, median {statistics.median(timings):.0f} ms, "
               f"p90 {sorted(timings)[int(0.9 * (len(timings) - 1))]:.0f} ms")
+        if args.save:
+            shutil.copy(raw, args.save)
         summarise(folded_stacks(raw), args.top)
         return 0
     finally:
