@@ -125,6 +125,7 @@ class KettaSettings(BaseSettings):
     db_pool_recycle: int = Field(default=300, ge=1, description="Seconds after which a pooled connection is replaced.")
     db_fewer_round_trips: bool = Field(default=True, description="Fewer database round trips (ketta.db.round_trips): a pooled connection is pinged only after KETTA_DB_PING_AFTER_IDLE seconds idle, and BEGIN waits for a session's first write; false: SQLAlchemy's pre-ping and BEGIN before every session.")
     db_ping_after_idle: float = Field(default=5.0, ge=0, description="Seconds a pooled connection may sit idle before it is pinged on checkout (with KETTA_DB_FEWER_ROUND_TRIPS; one PostgreSQL closed is always replaced).")
+    lean_cpu_paths: bool = Field(default=True, description="Skip work whose result cannot differ: the OpenAI SDK's request-body transform where it is an identity (ketta.llm.request_body), Letta's built-in tool schemas generated once per process; false: every message redoes both.")
     db_pgbouncer: bool = Field(default=False, description="The database is reached through PgBouncer in transaction mode (no prepared-statement cache).")
     letta_fixes: bool = Field(default=True, description="Carry Ketta's fixes of Letta 0.16.8 bugs that upstream never released (patches of kind 'fix'); false: Letta's own behaviour.")
     skip_fixes: str = Field(default="", description="Comma list of upstream references (e.g. 'letta-ai/letta#3144' or '3144') whose fix stays off.")

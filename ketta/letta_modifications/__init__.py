@@ -64,6 +64,7 @@ PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.services.tool_sandbox.local_sandbox",
     "ketta.letta_modifications.schemas.providers.ollama",
     "ketta.letta_modifications.schemas.providers.azure",
+    "ketta.letta_modifications.schemas.tool",
 )
 
 
