@@ -318,7 +318,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "db-pools-of-ended-loops-kept",
-        "ketta/letta_modifications/server/db.py",
+        "ketta/db/engine.py",
         "    closed = [key for key, (loop, _, _) in _engines.items() if loop.is_closed()]",
         "    closed = []",
         ("tests/letta_modifications/server/test_db.py::test_pools_of_ended_event_loops_give_their_connections_back",),
