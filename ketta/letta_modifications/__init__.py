@@ -199,6 +199,20 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
     runs for its target) with one warning line naming it. Hooks are checked after the patches:
     checking them imports Letta, which must not happen before the enum patches (pydantic freezes
     an enum's members into every schema Letta builds at import)."""
+    if settings.patch_fingerprint_cache:
+        patching.use_fingerprint_cache(settings.home_dir / FINGERPRINT_CACHE_FILE)
+    try:
+        return _apply_all(settings)
+    finally:
+        patching.save_fingerprint_cache()
+        patching.stop_fingerprint_cache()
+
+
+# The start's drift check: fingerprints of unchanged upstream sources (ketta.core.patching).
+FINGERPRINT_CACHE_FILE = "patch_fingerprints.json"
+
+
+def _apply_all(settings: KettaSettings) -> list[Patch]:
     applied: list[Patch] = []
     for module_name in PATCH_MODULES:
         module = importlib.import_module(module_name)
