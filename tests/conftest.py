@@ -11,6 +11,10 @@ in this order,
 - ``api`` / ``shared_server`` / ``shared_db``: the session's Ketta server (default settings, login
   on with ``TEST_TOKEN``) on the suite's PostgreSQL; use ``unique()`` names, assert only on what
   your test made (other tests share it).
+- ``switches_off_server``: a server with a few independent switches off (KETTA_OFFLINE,
+  KETTA_KIMI_PROVIDER, KETTA_ENV_KEY_FALLBACK, KETTA_PROVIDER_POOLS), for a test of one of them in any
+  module; mark the test ``slow`` and ``SWITCHES_OFF`` (one worker for all of them, so it starts once).
+  Another switch that changes nothing the others check can join it.
 - a module-scoped fixture built on ``server_of_its_own(pg_uri, home, prefix, **env)`` when tests
   need other settings: one server per module, on a database of its own. Tests using a
   module-scoped fixture are kept on one worker (``xdist_group`` set at collection), so it starts once.
@@ -376,6 +380,31 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iter
     ) as proc:
         proc.fallback_demo_port = fallback_demo_port  # type: ignore[attr-defined]
         yield proc
+
+
+# Tests on the switches-off server (``switches_off_server``) carry this group: they run on one
+# worker, so the server starts once for all of them (a session fixture gets no group at collection).
+SWITCHES_OFF = pytest.mark.xdist_group("switches-off-server")
+
+
+@pytest.fixture(scope="session")
+def switches_off_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
+    """One server with several of Ketta's switches off, for the tests that each check one switch
+    (tests/test_settings_and_env.py, tests/test_provider_pools.py): KETTA_OFFLINE, KETTA_KIMI_PROVIDER,
+    KETTA_ENV_KEY_FALLBACK (an env key ``NO_STORED_KEY_API_KEY`` it must not use) and
+    KETTA_PROVIDER_POOLS, each independent of the others; HTTP(S) through a recording proxy
+    (``.proxy``). Mark its tests ``SWITCHES_OFF`` and ``slow``."""
+    proxy = RecordingProxy()
+    try:
+        with server_of_its_own(
+            pg_uri, tmp_path_factory.mktemp("switches-off-home"), "switchesoff", KETTA_LOG_LEVEL="info", **proxy.env(),
+            KETTA_OFFLINE="false", KETTA_KIMI_PROVIDER="false", KETTA_ENV_KEY_FALLBACK="false", KETTA_PROVIDER_POOLS="false",
+            NO_STORED_KEY_API_KEY="sk-env-fallback-is-off",
+        ) as proc:
+            proc.proxy = proxy  # type: ignore[attr-defined]
+            yield proc
+    finally:
+        proxy.close()
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def run_in_process(args: object, **env: str) -> dict:
     done = subprocess.run([sys.executable, "-c", RUN_IN_PROCESS, json.dumps(args)], env=clean_env(**env), cwd=env.get("CWD", REPO),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["process_output"] = done.stdout + done.stderr  # what reached the process's own stdout and stderr
+    return out
 
 
 NEED_THE_DATABASE = [["db", "current"], ["token", "list"], ["token", "create", "--user", "user-00000000-0000-4000-8000-000000000000"],

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import KettaProcess
+from conftest import SWITCHES_OFF, KettaProcess
 from mock_openai import MockOpenAI
 
 KEYS = ("sk-pool-key-a-0123456789", "sk-pool-key-b-0123456789", "sk-pool-key-c-0123456789")
@@ -179,9 +179,11 @@ def test_a_pooled_stream_breaking_before_its_first_token_goes_to_the_next_member
     assert len(keys) == 2 and keys[0] != keys[1]  # the first member's stream broke, the next one answered
 
 
-def test_pools_off_is_stock(start_ketta, database_uri: str) -> None:
-    server = start_ketta({"LETTA_PG_URI": database_uri, "KETTA_PROVIDER_POOLS": "false"})
-    with server.client() as client:
+@pytest.mark.slow
+@SWITCHES_OFF
+def test_pools_off_is_stock(switches_off_server: KettaProcess) -> None:
+    """KETTA_PROVIDER_POOLS=false (on the server that turns a few independent switches off)."""
+    with switches_off_server.client() as client:
         assert client.get("/v1/pools/").status_code == 404
         assert not any(path.startswith("/v1/pools") for path in client.get("/openapi.json").json()["paths"])
         refused = client.post("/v1/providers/", json={"name": "p", "provider_type": "pool", "api_key": "sk-x"})

@@ -1,14 +1,13 @@
 """Settings gate the patches; env vars configure nothing at start-up; keys stay secret.
 
-The two tests about default settings share one server (a module fixture); the others start
-servers of their own (each needs its own environment).
+The two tests about default settings share one server (a module fixture); the switches test uses
+the suite's switches-off server (``switches_off_server``, shared with tests/test_provider_pools.py);
+the others start servers of their own (each needs its own environment).
 """
 
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -16,9 +15,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import KettaProcess, RecordingProxy, clean_env, own_database
+from conftest import SWITCHES_OFF, KettaProcess, RecordingProxy, clean_env, own_database
 from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
+from test_cli_database import run_in_process
 
 SECRET = "sk-very-secret-0123456789"
 
@@ -78,16 +78,17 @@ def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(default_serv
         assert SECRET not in api.get(path).text
     assert SECRET not in server.log_text()
 
-    # `ketta providers import-env` creates the env providers once, idempotently (beside the server).
-    cli_env = clean_env(**env)
-    first = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "openai: created" in first.stdout
-    second = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=cli_env, capture_output=True, text=True, timeout=300)
-    assert "openai: exists, left as is" in second.stdout
+    # `ketta providers import-env` creates the env providers once, idempotently (beside the server):
+    # both runs in one fresh interpreter (typer's CliRunner), so Letta is imported once, not twice.
+    cli = run_in_process([["providers", "import-env"], ["providers", "import-env"]], **env)
+    first, second = cli["runs"]
+    assert first["code"] == 0 and first["error"] is None, first
+    assert "openai: created" in first["output"]
+    assert second["code"] == 0 and "openai: exists, left as is" in second["output"], second
     imported = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
     assert imported == [{"organization_id": "org-00000000-0000-4000-8000-000000000000", "provider_category": "byok"}]
-    assert SECRET not in first.stdout + first.stderr
+    # never printed: not by the commands (stdout and stderr), nor by anything writing to the process's own
+    assert SECRET not in first["output"] + second["output"] + cli["process_output"]
     assert SECRET not in server.log_text()
 
 
@@ -133,14 +134,13 @@ def test_default_start_downloads_nothing(default_server: SimpleNamespace) -> Non
     assert "skipped NLTK download of 'punkt_tab'" in server.log_text()
 
 
-def test_switches_turned_off_give_stock_behaviour_one_by_one(start_ketta, database_uri, recording_proxy):
-    """KETTA_OFFLINE=false, KETTA_KIMI_PROVIDER=false and KETTA_ENV_KEY_FALLBACK=false each do what they say."""
+@pytest.mark.slow
+@SWITCHES_OFF
+def test_switches_turned_off_give_stock_behaviour_one_by_one(switches_off_server: KettaProcess) -> None:
+    """KETTA_OFFLINE=false, KETTA_KIMI_PROVIDER=false and KETTA_ENV_KEY_FALLBACK=false each do what they say
+    (on the switches-off server, KETTA_PROVIDER_POOLS=false too: tests/test_provider_pools.py checks that one)."""
+    server = switches_off_server
     with MockOpenAI() as llm:
-        server = start_ketta(env={
-            "LETTA_PG_URI": database_uri, "KETTA_LOG_LEVEL": "info", **recording_proxy.env(),
-            "KETTA_OFFLINE": "false", "KETTA_KIMI_PROVIDER": "false", "KETTA_ENV_KEY_FALLBACK": "false",
-            "NO_STORED_KEY_API_KEY": "sk-env-fallback-is-off",
-        })
         api = server.client()
         # offline off: Letta's start-up download was attempted (recent NLTK refuses to fetch through a
         # proxy, so the attempt shows in the log, not at the recording proxy)

@@ -140,6 +140,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "KETTA_OFFLINE=false gives Letta's start-up download back.",
     ),
     Mutation(
+        "pools-switch-ignored",
+        "ketta/app.py",
+        "        if get_settings().provider_pools and get_settings().llm_routing:",
+        "        if get_settings().llm_routing:",
+        ("tests/test_provider_pools.py::test_pools_off_is_stock",),
+        "KETTA_PROVIDER_POOLS=false: no /v1/pools/ routes (stock Letta).",
+    ),
+    Mutation(
         "telemetry-not-refused",
         "ketta/core/offline.py",
         '    "ORT_DISABLE_TELEMETRY": "1",',
