@@ -15,6 +15,8 @@ in this order,
   KETTA_KIMI_PROVIDER, KETTA_ENV_KEY_FALLBACK, KETTA_PROVIDER_POOLS), for a test of one of them in any
   module; mark the test ``slow`` and ``SWITCHES_OFF`` (one worker for all of them, so it starts once).
   Another switch that changes nothing the others check can join it.
+- ``debug_server``: a server logging at debug level, for tests that a secret is in no log line; mark
+  the test ``slow`` and ``DEBUG_SERVER``.
 - a module-scoped fixture built on ``server_of_its_own(pg_uri, home, prefix, **env)`` when tests
   need other settings: one server per module, on a database of its own. Tests using a
   module-scoped fixture are kept on one worker (``xdist_group`` set at collection), so it starts once.
@@ -408,6 +410,36 @@ def switches_off_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -
             yield proc
     finally:
         proxy.close()
+
+
+# Tests on the debug-logging server (``debug_server``) carry this group: one worker, one start.
+DEBUG_SERVER = pytest.mark.xdist_group("debug-server")
+
+
+@pytest.fixture(scope="session")
+def debug_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
+    """A server logging at debug level (Letta's debug mode and logging, Ketta's log level), on a
+    database and a HOME of its own (``.user_home``, where Letta writes its log files), for the tests
+    that a secret appears in no log line (tests/test_auth.py, tests/test_redaction.py). Mark its tests
+    ``slow`` and ``DEBUG_SERVER``. Its output is unbuffered, so every line is in the log when read. A
+    test appends to ``.never_logged`` what its output must still not hold after the stop (the lines
+    logged while shutting down): checked when the session ends, an error there names it."""
+    root = tmp_path_factory.mktemp("debug-server")
+    user_home = root / "user-home"
+    with server_of_its_own(
+        pg_uri, root, "debug", LETTA_DEBUG="true", LETTA_LOGGING_DEBUG="true", LETTA_LOGGING_LOG_LEVEL="DEBUG",
+        KETTA_LOG_LEVEL="debug", HOME=str(user_home), PYTHONUNBUFFERED="1",
+    ) as proc:
+        proc.user_home = user_home  # type: ignore[attr-defined]
+        proc.never_logged = []  # type: ignore[attr-defined]
+        yield proc
+        proc.stop()
+        logs = {"server output": proc.log_text()}
+        for path in [*user_home.rglob("*.log"), *root.glob("*.log")]:
+            logs[str(path)] = path.read_text(errors="replace")
+        for where, text in logs.items():
+            found = [line for line in text.splitlines() if any(secret in line for secret in proc.never_logged)]
+            assert found == [], f"after the debug server stopped, a secret in {where}: {found[:5]}"
 
 
 @pytest.fixture(scope="session")

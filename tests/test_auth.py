@@ -14,7 +14,7 @@ import httpx
 import pytest
 from letta_client import Letta
 
-from conftest import KettaProcess
+from conftest import DEBUG_SERVER, KettaProcess
 
 DUMMY_IDS = {"agent_id": "agent-00000000-0000-4000-8000-000000000000", "user_id": "user-00000000-0000-4000-8000-000000000000"}
 PUBLIC = {("get", "/v1/health/")}
@@ -38,17 +38,12 @@ def routes(spec: dict) -> list[tuple[str, str, str]]:
     return found
 
 
-@pytest.fixture
-def debug_server(start_ketta: Callable[..., KettaProcess], database_uri: str) -> KettaProcess:
-    """A server of its own (the walk calls every route), logging at debug level."""
-    server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_DEBUG": "true", "LETTA_LOGGING_DEBUG": "true",
-                              "LETTA_LOGGING_LOG_LEVEL": "DEBUG", "KETTA_LOG_LEVEL": "debug"}, wait=False)
-    server.wait_healthy(300)  # debug logging makes the start slower on a shared machine
-    return server
-
-
+@pytest.mark.slow
+@DEBUG_SERVER
 def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> None:
+    """On the suite's debug-logging server (shared with tests/test_redaction.py; the walk's dummy ids name nothing)."""
     server = debug_server
+    server.never_logged.append(server.token)  # checked again after the server stopped
     assert httpx.get(f"{server.url}/openapi.json").status_code == 401
     spec = httpx.get(f"{server.url}/openapi.json", headers=server.headers, timeout=120).json()
     walked = routes(spec)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import KettaProcess
+from conftest import DEBUG_SERVER, KettaProcess
 from ketta.db.database import free_port, sync_url
 from ketta.providers.rules import check_secret_text
 from ketta.security.redaction import REDACTED, remember_secret, scrub, scrub_record
@@ -76,12 +76,14 @@ def store_broken_key(server: KettaProcess, home: Path, provider_id: str) -> None
 
 
 @pytest.mark.slow
-def test_no_key_in_any_response_or_log(start_ketta, database_uri: str, tmp_path: Path) -> None:
-    user_home = tmp_path / "user-home"
-    home = tmp_path / "home"
-    server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_DEBUG": "true", "KETTA_LOG_LEVEL": "debug", "HOME": str(user_home)},
-                         wait=False)
-    server.wait_healthy(timeout_s=600)  # debug logging and Python warnings on: a slower start on a busy machine
+@DEBUG_SERVER
+def test_no_key_in_any_response_or_log(debug_server: KettaProcess) -> None:
+    """On the suite's debug-logging server (shared with tests/test_auth.py's route walk): the logs are
+    read while it runs (unbuffered output), and again after it stopped (``never_logged``)."""
+    server = debug_server
+    user_home = server.user_home
+    home = server.log_path.parent  # KETTA_HOME
+    server.never_logged.extend([CANARY, "X-Injected"])
     api = server.client()
     bodies: list[str] = []
 
@@ -167,7 +169,6 @@ def test_no_key_in_any_response_or_log(start_ketta, database_uri: str, tmp_path:
         assert call("POST", "/v1/providers/check", json={"provider_type": "kimi", "api_key": CANARY, "base_url": moon.base_url}).status_code == 504
         moon.delay_s = 0
 
-    server.stop()
     logs = {"server output": server.log_text()}
     for path in [*user_home.rglob("*.log"), *home.glob("*.log")]:
         logs[str(path)] = path.read_text(errors="replace")
