@@ -13,10 +13,10 @@ in this order,
   your test made (other tests share it).
 - ``switches_off_server``: a server with a few independent switches off (KETTA_OFFLINE,
   KETTA_KIMI_PROVIDER, KETTA_ENV_KEY_FALLBACK, KETTA_PROVIDER_POOLS), for a test of one of them in any
-  module; mark the test ``slow`` and ``SWITCHES_OFF`` (one worker for all of them, so it starts once).
-  Another switch that changes nothing the others check can join it.
-- ``debug_server``: a server logging at debug level, for tests that a secret is in no log line; mark
-  the test ``slow`` and ``DEBUG_SERVER``.
+  module. Another switch that changes nothing the others check can join it.
+- ``debug_server``: a server logging at debug level, for tests that a secret is in no log line.
+  These two (``SESSION_SERVERS_OF_THEIR_OWN``) start once per run: their tests, from any module,
+  are kept on one worker and marked ``slow`` at collection.
 - a module-scoped fixture built on ``server_of_its_own(pg_uri, home, prefix, **env)`` when tests
   need other settings: one server per module, on a database of its own. Tests using a
   module-scoped fixture are kept on one worker (``xdist_group`` set at collection), so it starts once.
@@ -137,6 +137,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return WORKERS_FOR_THE_SUITE
 
 
+# Session fixtures that start a server for a few tests in several modules (not shared_server, which
+# the many quick tests use): their tests are marked slow and kept on one worker, like a module's.
+SESSION_SERVERS_OF_THEIR_OWN = ("debug_server", "switches_off_server")
 _STARTS_SERVER = ("server_of_its_own(", "KettaProcess(", "start_ketta(", "subprocess.Popen(")
 _fixture_starts_server: dict[object, bool] = {}
 
@@ -156,19 +159,25 @@ def _starts_a_server(func: object) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Marks from fixtures, and the order the workers take tests in.
 
-    - ``slow``: the test uses ``start_ketta`` or a module/class-scoped fixture that starts a server.
+    - ``slow``: the test uses ``start_ketta``, a module/class-scoped fixture that starts a server, or
+      one of the SESSION_SERVERS_OF_THEIR_OWN.
     - ``xdist_group(<module>)``: the test uses a module/class-scoped fixture: that module's tests run
-      on one worker, so the fixture is set up once.
+      on one worker, so the fixture is set up once; ``xdist_group(<fixture>)`` for a session server of
+      its own (its tests, from any module, on one worker).
     - order: LONGEST_FIRST, then tests that start servers, then the rest (stable otherwise).
     """
     rank: dict[str, int] = {}
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
-        defs = [d for name in (info.names_closure if info else []) for d in (info.name2fixturedefs.get(name) or ())[-1:]]
+        names = info.names_closure if info else []
+        defs = [d for name in names for d in (info.name2fixturedefs.get(name) or ())[-1:]]
         scoped = [d for d in defs if d.scope in ("module", "class", "package")]
-        own_server = "start_ketta" in (info.names_closure if info else ()) or any(_starts_a_server(d.func) for d in scoped)
+        session_server = next((name for name in SESSION_SERVERS_OF_THEIR_OWN if name in names), None)
+        own_server = "start_ketta" in names or session_server is not None or any(_starts_a_server(d.func) for d in scoped)
         if own_server and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        if session_server and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(session_server))
         if scoped and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
         longest = next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), None)
@@ -387,18 +396,13 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iter
         yield proc
 
 
-# Tests on the switches-off server (``switches_off_server``) carry this group: they run on one
-# worker, so the server starts once for all of them (a session fixture gets no group at collection).
-SWITCHES_OFF = pytest.mark.xdist_group("switches-off-server")
-
-
 @pytest.fixture(scope="session")
 def switches_off_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
     """One server with several of Ketta's switches off, for the tests that each check one switch
     (tests/test_settings_and_env.py, tests/test_provider_pools.py): KETTA_OFFLINE, KETTA_KIMI_PROVIDER,
     KETTA_ENV_KEY_FALLBACK (an env key ``NO_STORED_KEY_API_KEY`` it must not use) and
     KETTA_PROVIDER_POOLS, each independent of the others; HTTP(S) through a recording proxy
-    (``.proxy``). Mark its tests ``SWITCHES_OFF`` and ``slow``."""
+    (``.proxy``). Its tests are marked ``slow`` and kept on one worker at collection."""
     proxy = RecordingProxy()
     try:
         with server_of_its_own(
@@ -412,16 +416,12 @@ def switches_off_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -
         proxy.close()
 
 
-# Tests on the debug-logging server (``debug_server``) carry this group: one worker, one start.
-DEBUG_SERVER = pytest.mark.xdist_group("debug-server")
-
-
 @pytest.fixture(scope="session")
 def debug_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
     """A server logging at debug level (Letta's debug mode and logging, Ketta's log level), on a
     database and a HOME of its own (``.user_home``, where Letta writes its log files), for the tests
-    that a secret appears in no log line (tests/test_auth.py, tests/test_redaction.py). Mark its tests
-    ``slow`` and ``DEBUG_SERVER``. Its output is unbuffered, so every line is in the log when read. A
+    that a secret appears in no log line (tests/test_auth.py, tests/test_redaction.py); its tests are
+    marked ``slow`` and kept on one worker at collection. Its output is unbuffered, so every line is in the log when read. A
     test appends to ``.never_logged`` what its output must still not hold after the stop (the lines
     logged while shutting down): checked when the session ends, an error there names it."""
     root = tmp_path_factory.mktemp("debug-server")

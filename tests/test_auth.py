@@ -14,7 +14,7 @@ import httpx
 import pytest
 from letta_client import Letta
 
-from conftest import DEBUG_SERVER, KettaProcess
+from conftest import KettaProcess
 
 DUMMY_IDS = {"agent_id": "agent-00000000-0000-4000-8000-000000000000", "user_id": "user-00000000-0000-4000-8000-000000000000"}
 PUBLIC = {("get", "/v1/health/")}
@@ -38,8 +38,6 @@ def routes(spec: dict) -> list[tuple[str, str, str]]:
     return found
 
 
-@pytest.mark.slow
-@DEBUG_SERVER
 def test_every_route_but_health_needs_the_token(debug_server: KettaProcess) -> None:
     """On the suite's debug-logging server (shared with tests/test_redaction.py; the walk's dummy ids name nothing)."""
     server = debug_server

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import SWITCHES_OFF, KettaProcess
+from conftest import KettaProcess
 from mock_openai import MockOpenAI
 
 KEYS = ("sk-pool-key-a-0123456789", "sk-pool-key-b-0123456789", "sk-pool-key-c-0123456789")
@@ -179,8 +179,6 @@ def test_a_pooled_stream_breaking_before_its_first_token_goes_to_the_next_member
     assert len(keys) == 2 and keys[0] != keys[1]  # the first member's stream broke, the next one answered
 
 
-@pytest.mark.slow
-@SWITCHES_OFF
 def test_pools_off_is_stock(switches_off_server: KettaProcess) -> None:
     """KETTA_PROVIDER_POOLS=false (on the server that turns a few independent switches off)."""
     with switches_off_server.client() as client:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import DEBUG_SERVER, KettaProcess
+from conftest import KettaProcess
 from ketta.db.database import free_port, sync_url
 from ketta.providers.rules import check_secret_text
 from ketta.security.redaction import REDACTED, remember_secret, scrub, scrub_record
@@ -75,8 +75,6 @@ def store_broken_key(server: KettaProcess, home: Path, provider_id: str) -> None
     engine.dispose()
 
 
-@pytest.mark.slow
-@DEBUG_SERVER
 def test_no_key_in_any_response_or_log(debug_server: KettaProcess) -> None:
     """On the suite's debug-logging server (shared with tests/test_auth.py's route walk): the logs are
     read while it runs (unbuffered output), and again after it stopped (``never_logged``)."""

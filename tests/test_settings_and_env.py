@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import SWITCHES_OFF, KettaProcess, RecordingProxy, clean_env, own_database
+from conftest import KettaProcess, RecordingProxy, clean_env, own_database
 from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
 from test_cli_database import run_in_process
@@ -134,8 +134,6 @@ def test_default_start_downloads_nothing(default_server: SimpleNamespace) -> Non
     assert "skipped NLTK download of 'punkt_tab'" in server.log_text()
 
 
-@pytest.mark.slow
-@SWITCHES_OFF
 def test_switches_turned_off_give_stock_behaviour_one_by_one(switches_off_server: KettaProcess) -> None:
     """KETTA_OFFLINE=false, KETTA_KIMI_PROVIDER=false and KETTA_ENV_KEY_FALLBACK=false each do what they say
     (on the switches-off server, KETTA_PROVIDER_POOLS=false too: tests/test_provider_pools.py checks that one)."""
