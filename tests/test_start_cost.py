@@ -80,3 +80,60 @@ def test_an_unreadable_cache_is_an_empty_one(upstream_file, tmp_path):
     cache_file.write_text("{not json")
     assert start_check(cache_file, greeter_patch(written_against)) is None
     assert "upstream source changed" in start_check(cache_file, greeter_patch("1" * 16))
+
+
+@pytest.fixture
+def unimported_package(tmp_path, monkeypatch):
+    """An 'upstream' package on disk that nothing has imported yet, with a module importing from it."""
+    package = tmp_path / "ketta_on_import_upstream"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "greeting.py").write_text("def greet():\n    return 'stock'\n")
+    (package / "user.py").write_text("from ketta_on_import_upstream.greeting import greet\n\ndef hello():\n    return greet()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield package
+    for name in [n for n in sys.modules if n.startswith("ketta_on_import_upstream")]:
+        del sys.modules[name]
+
+
+def on_import_patch() -> Patch:
+    return Patch(target="ketta_on_import_upstream.greeting:greet", replacement=lambda: "ketta", fingerprint="x",
+                 setting="hard_delete", why="test")
+
+
+def test_a_patch_applied_on_import_is_in_place_before_anyone_uses_the_module(unimported_package):
+    """The start does not import a module stock Letta imports only for some requests just to patch
+    it: the patch waits, and is applied as the module is first imported, before any importer (even
+    one binding the name with ``from ... import``) sees it."""
+    patch = on_import_patch()
+    assert patching.apply_on_import(patch) is False
+    assert "ketta_on_import_upstream.greeting" not in sys.modules
+    assert patching.pending_on_import(patch) and not patching.is_applied(patch)
+    user = importlib.import_module("ketta_on_import_upstream.user")
+    assert user.hello() == "ketta"
+    assert patching.is_applied(patch) and not patching.pending_on_import(patch)
+    module = sys.modules["ketta_on_import_upstream.greeting"]
+    assert inspect.getsource(module).startswith("def greet")  # the module's own loader, as a plain import
+    assert patching.revert(patch) is True
+    assert module.greet() == "stock"
+    assert patching.apply_on_import(patch) is True  # imported by now: applied at once
+    assert module.greet() == "ketta"
+    patching.revert(patch)
+
+
+def test_a_patch_reverted_before_the_import_is_never_applied(unimported_package):
+    patch = on_import_patch()
+    patching.apply_on_import(patch)
+    assert patching.revert(patch) is False  # was waiting, not applied
+    assert importlib.import_module("ketta_on_import_upstream.user").hello() == "stock"
+    assert not patching.is_applied(patch)
+
+
+def test_the_start_does_not_import_the_openai_resources_nor_nltk_to_patch_them():
+    """Stock Letta imports neither before serving; Ketta's patches of both wait for the import (the
+    servers of tests/test_usage.py record embedding calls through the OpenAI SDK patch this way)."""
+    from ketta import letta_modifications
+
+    waiting = [p for _, p in letta_modifications.iter_patches() if letta_modifications._applied_on_import(p)]
+    assert {p.module_name.split(".")[0] for p in waiting} == {"openai", "nltk"}
+    assert all(letta_modifications._drift_from_source(p) is None for p in waiting)

@@ -1499,6 +1499,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_start_cost.py::test_a_warm_fingerprint_cache_still_sees_an_edited_upstream_file",),
         "A start does not re-read the source of an unchanged patched target (about 0.3-0.8 s of CPU per start).",
     ),
+    Mutation(
+        "patch-on-import-never-applied",
+        "ketta/core/patching.py",
+        "        for patch in _pending_on_import.pop(self._name, []):\n            apply(patch)",
+        "        for patch in _pending_on_import.pop(self._name, []):\n            pass",
+        ("tests/test_usage.py::test_embedding_calls_are_recorded_to_the_token",
+         "tests/test_start_cost.py::test_a_patch_applied_on_import_is_in_place_before_anyone_uses_the_module"),
+        "A patch of a module imported only when a request needs it (the OpenAI SDK's resources) is in place at its first use: embedding calls are recorded.",
+    ),
+    Mutation(
+        "patch-on-import-survives-revert",
+        "ketta/core/patching.py",
+        "    if patch in waiting:\n        waiting.remove(patch)",
+        "    if False:\n        waiting.remove(patch)",
+        ("tests/test_start_cost.py::test_a_patch_reverted_before_the_import_is_never_applied",),
+        "Reverting the patches (stock behaviour) also cancels those still waiting for their module's import.",
+    ),
 )
 
 

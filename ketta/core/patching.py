@@ -25,6 +25,7 @@ import inspect
 import json
 import os
 import re
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,8 +335,80 @@ def apply(patch: Patch) -> bool:
     return True
 
 
+# module name -> patches waiting for that module's first import (apply_on_import)
+_pending_on_import: dict[str, list[Patch]] = {}
+
+
+def apply_on_import(patch: Patch) -> bool:
+    """Apply ``patch`` now if its target's module is imported (returns True), else right after that
+    module's first import, before the importer or anything else sees the module (returns False).
+
+    For targets in modules stock Letta imports only when a request needs them (the OpenAI SDK's
+    resources, nltk): the start does not import them just to patch them.
+    """
+    name = patch.module_name
+    if name in sys.modules:
+        return apply(patch)
+    if not any(isinstance(finder, _ApplyOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyOnImport())
+    waiting = _pending_on_import.setdefault(name, [])
+    if patch not in waiting:
+        waiting.append(patch)
+    return False
+
+
+def pending_on_import(patch: Patch) -> bool:
+    return patch in _pending_on_import.get(patch.module_name, [])
+
+
+class _ApplyOnImport:
+    """Meta path finder: the spec of a module with patches waiting gets its loader's exec_module
+    wrapped, so the patches are applied as soon as the module's code has run."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _pending_on_import:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _PatchingLoader(spec.loader, fullname)
+        return spec
+
+
+class _PatchingLoader:
+    """The module's own loader; after it runs the module, the patches waiting for it are applied."""
+
+    def __init__(self, loader: Any, name: str):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # as if imported plainly
+        self._loader.exec_module(module)
+        for patch in _pending_on_import.pop(self._name, []):
+            apply(patch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
 def revert(patch: Patch) -> bool:
-    """Undo one patch; returns False if it was not applied."""
+    """Undo one patch (or cancel it while it waits for its module's import); returns False if it was not applied."""
+    waiting = _pending_on_import.get(patch.module_name, [])
+    if patch in waiting:
+        waiting.remove(patch)
+        if not waiting:
+            _pending_on_import.pop(patch.module_name, None)
     raw = _originals.pop(patch.target, _MISSING)
     if raw is _MISSING:
         return False

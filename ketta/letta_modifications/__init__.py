@@ -211,6 +211,29 @@ def apply_all(settings: KettaSettings) -> list[Patch]:
 # The start's drift check: fingerprints of unchanged upstream sources (ketta.core.patching).
 FINGERPRINT_CACHE_FILE = "patch_fingerprints.json"
 
+# Modules stock Letta imports only when a request needs them (an OpenAI call builds its client's
+# resources; the lifespan imports nltk to download data). Their patches are applied at their first
+# import instead of importing them at start (~1 s of CPU), drift checked from the source text.
+APPLIED_ON_IMPORT: tuple[str, ...] = ("openai.resources", "nltk")
+
+
+def _applied_on_import(patch: Patch) -> bool:
+    name = patch.module_name
+    return patch.mode != "exception_handler" and any(name == p or name.startswith(p + ".") for p in APPLIED_ON_IMPORT)
+
+
+def _drift_from_source(patch: Patch) -> str | None:
+    """The drift check without importing the target's module; imports it when the text cannot tell."""
+    from ketta.core import patch_source
+
+    declared = patch_source.Declared(target=patch.target, fingerprint=patch.fingerprint, setting=patch.setting,
+                                     why=patch.why, mode=patch.mode, kind=patch.kind, upstream=patch.upstream,
+                                     requires=patch.requires)
+    try:
+        return patch_source.drift(declared)
+    except patch_source.NotStatic:
+        return patching.drift(patch)
+
 
 def _apply_all(settings: KettaSettings) -> list[Patch]:
     applied: list[Patch] = []
@@ -219,7 +242,8 @@ def _apply_all(settings: KettaSettings) -> list[Patch]:
         for patch in module.PATCHES:
             if not enabled(patch, settings):
                 continue
-            problem = patching.drift(patch)
+            on_import = settings.patch_on_import and _applied_on_import(patch)
+            problem = _drift_from_source(patch) if on_import else patching.drift(patch)
             if problem and not settings.allow_patch_drift:
                 raise PatchDriftError(
                     f"Patch {patch.target} ({module_name}): {problem}. Run 'ketta patches verify' and review the "
@@ -232,7 +256,10 @@ def _apply_all(settings: KettaSettings) -> list[Patch]:
                             patch.setting)
                 skipped.append(patch)
                 continue
-            if patching.apply(patch):
+            if on_import:
+                patching.apply_on_import(patch)  # now, or at the module's first import
+                applied.append(patch)
+            elif patching.apply(patch):
                 applied.append(patch)
         finish = getattr(module, "after_apply", None)
         if finish is not None:
