@@ -15,7 +15,9 @@ in this order,
   KETTA_KIMI_PROVIDER, KETTA_ENV_KEY_FALLBACK, KETTA_PROVIDER_POOLS), for a test of one of them in any
   module. Another switch that changes nothing the others check can join it.
 - ``debug_server``: a server logging at debug level, for tests that a secret is in no log line.
-  These two (``SESSION_SERVERS_OF_THEIR_OWN``) start once per run: their tests, from any module,
+- ``operator_keys_server``: a server whose operator set every env key Letta reads, for tests that
+  none reaches an endpoint.
+  These three (``SESSION_SERVERS_OF_THEIR_OWN``) start once per run: their tests, from any module,
   are kept on one worker and marked ``slow`` at collection.
 - a module-scoped fixture built on ``server_of_its_own(pg_uri, home, prefix, **env)`` when tests
   need other settings: one server per module, on a database of its own. Tests using a
@@ -53,6 +55,7 @@ from ketta.db.database import EmbeddedPostgres, free_port, sync_url, with_databa
 import forked_servers
 import loopback_only
 from mock_openai import MockOpenAI
+from operator_env import OPERATOR_KEYS, RecordingEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +142,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 # Session fixtures that start a server for a few tests in several modules (not shared_server, which
 # the many quick tests use): their tests are marked slow and kept on one worker, like a module's.
-SESSION_SERVERS_OF_THEIR_OWN = ("debug_server", "switches_off_server")
+SESSION_SERVERS_OF_THEIR_OWN = ("debug_server", "switches_off_server", "operator_keys_server")
 _STARTS_SERVER = ("server_of_its_own(", "KettaProcess(", "start_ketta(", "subprocess.Popen(")
 _fixture_starts_server: dict[object, bool] = {}
 
@@ -440,6 +443,30 @@ def debug_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Itera
         for where, text in logs.items():
             found = [line for line in text.splitlines() if any(secret in line for secret in proc.never_logged)]
             assert found == [], f"after the debug server stopped, a secret in {where}: {found[:5]}"
+
+
+@pytest.fixture(scope="session")
+def operator_endpoint() -> Iterator[RecordingEndpoint]:
+    """The operator's own Azure endpoint (AZURE_BASE_URL of ``operator_keys_server``), where Letta would
+    spend AZURE_API_KEY."""
+    endpoint = RecordingEndpoint(port=free_port())
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="session")
+def operator_keys_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str, operator_endpoint: RecordingEndpoint) -> Iterator[KettaProcess]:
+    """A server whose operator set every key Letta reads (``operator_env.OPERATOR_KEYS``), the env-key
+    fallback off (the default), Azure's base URL at ``operator_endpoint`` and OPENAI_API_BASE at a port
+    of its own (``.openai_own_port``, where a test may run a mock) (tests/test_operator_keys.py,
+    tests/test_identity_and_env_keys.py)."""
+    own_port = free_port()
+    with server_of_its_own(pg_uri, tmp_path_factory.mktemp("opkeys-home"), "opkeys", **OPERATOR_KEYS,
+                           OPENAI_API_BASE=f"http://127.0.0.1:{own_port}/v1",
+                           AZURE_BASE_URL=f"{operator_endpoint.url}/operator-azure/openai/v1", AZURE_API_VERSION="2024-09-01-preview",
+                           AWS_DEFAULT_REGION="us-east-1") as proc:
+        proc.openai_own_port = own_port  # type: ignore[attr-defined]
+        yield proc
 
 
 @pytest.fixture(scope="session")

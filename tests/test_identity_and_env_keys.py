@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from conftest import KettaProcess, server_of_its_own, unique
-from ketta.db.database import free_port
+from conftest import KettaProcess, unique
 from mock_openai import MockOpenAI
+from operator_env import OPERATOR_KEYS
 
 IDENTITY_FIELD = re.compile(r"^(user|user_id|users|user_ids|actor|actor_id|organization|organization_id|org|org_id)$")
 # What the walk finds in Letta 0.16.8 (plus Ketta's routes): a new one after an upgrade fails the
@@ -48,9 +46,9 @@ EXPECTED_IDENTITY_FIELDS = {
     ("delete", "/v1/ketta/prices", "query", "organization_id"),
     ("put", "/v1/ketta/prices", "body", "organization_id"),
 }
-OPERATOR_OPENAI_KEY = "sk-operator-openai-0123456789"
-OPERATOR_TAVILY_KEY = "tvly-operator-0123456789"
-OPERATOR_ANTHROPIC_KEY = "sk-ant-operator-0123456789"
+# The suite's operator-keys server (``operator_keys_server``, shared with tests/test_operator_keys.py):
+# its operator set every env key Letta reads, the fallback off (the default).
+OPERATOR_OPENAI_KEY = OPERATOR_KEYS["OPENAI_API_KEY"]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -176,28 +174,16 @@ def test_latest_provider_routes_never_return_key_material(api, llm):
 # --- env keys ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def operator_env_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[KettaProcess]:
-    """A server whose operator set OPENAI_API_KEY, TAVILY_API_KEY and ANTHROPIC_API_KEY, with the
-    default settings (the env-key fallback off)."""
-    own_port = free_port()
-    with server_of_its_own(pg_uri, Path(tmp_path_factory.mktemp("envkeys-home")), "envkeys",
-                           OPENAI_API_KEY=OPERATOR_OPENAI_KEY, OPENAI_API_BASE=f"http://127.0.0.1:{own_port}/v1",
-                           TAVILY_API_KEY=OPERATOR_TAVILY_KEY, ANTHROPIC_API_KEY=OPERATOR_ANTHROPIC_KEY) as proc:
-        proc.openai_own_port = own_port  # type: ignore[attr-defined]
-        yield proc
-
-
 def _keys_seen(mock: MockOpenAI) -> set[str | None]:
     return {r.api_key for r in mock.requests}
 
 
-def test_a_provider_named_after_an_env_key_never_gets_it(operator_env_server):
-    with operator_env_server.client() as api, MockOpenAI() as attacker:
+def test_a_provider_named_after_an_env_key_never_gets_it(operator_keys_server):
+    with operator_keys_server.client() as api, MockOpenAI() as attacker:
         for name in ("openai", "tavily", "anthropic"):
             api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "", "base_url": attacker.base_url})
         assert attacker.requests, "the listings reached the mock"
-        assert not _keys_seen(attacker) & {OPERATOR_OPENAI_KEY, OPERATOR_TAVILY_KEY, OPERATOR_ANTHROPIC_KEY}
+        assert not _keys_seen(attacker) & set(OPERATOR_KEYS.values())  # OPENAI_API_KEY, TAVILY_API_KEY, ... all of them
         agent = api.post("/v1/agents/", json={"name": "env-key-thief", "model": "openai/mock-chat-1",
                                                "embedding": "openai/text-embedding-3-small", "include_base_tools": False})
         assert agent.status_code == 200, agent.text
@@ -211,10 +197,10 @@ def test_a_provider_named_after_an_env_key_never_gets_it(operator_env_server):
         assert OPERATOR_OPENAI_KEY not in _keys_seen(attacker)
 
 
-def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_env_server):
+def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_keys_server):
     """The default: a keyless provider at OPENAI_API_BASE itself gets no OPENAI_API_KEY (a user token
     could create one and spend the operator's key); the operator stores it with `ketta providers import-env`."""
-    with operator_env_server.client() as api, MockOpenAI(port=operator_env_server.openai_own_port) as own:
+    with operator_keys_server.client() as api, MockOpenAI(port=operator_keys_server.openai_own_port) as own:
         created = api.post("/v1/providers/", json={"name": "openai", "provider_type": "openai", "api_key": "", "base_url": own.base_url})
         if created.status_code == 409:  # made by the test above at another endpoint
             existing = [p for p in api.get("/v1/providers/").json() if p["name"] == "openai"][0]
@@ -229,8 +215,8 @@ def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_
         assert own.chat_requests() and OPERATOR_OPENAI_KEY not in _keys_seen(own)
 
 
-def test_an_agent_config_without_a_provider_never_gets_an_env_key(operator_env_server):
-    with operator_env_server.client() as api, MockOpenAI() as attacker:
+def test_an_agent_config_without_a_provider_never_gets_an_env_key(operator_keys_server):
+    with operator_keys_server.client() as api, MockOpenAI() as attacker:
         agent = api.post("/v1/agents/", json={
             "name": "configured-thief", "include_base_tools": False,
             "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "openai", "model_endpoint": attacker.base_url,
@@ -243,7 +229,7 @@ def test_an_agent_config_without_a_provider_never_gets_an_env_key(operator_env_s
         api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
         api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
         assert attacker.chat_requests(), "the message reached the mock"
-        assert not _keys_seen(attacker) & {OPERATOR_OPENAI_KEY, OPERATOR_ANTHROPIC_KEY}
+        assert not _keys_seen(attacker) & set(OPERATOR_KEYS.values())
 
 
 def test_with_the_fallback_on_an_env_key_goes_only_to_its_own_endpoint(api, shared_server):

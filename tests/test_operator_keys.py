@@ -6,131 +6,24 @@ Anthropic clients fall back to (or only use) the keys Letta read from the enviro
 default) serves a keyless ``azure`` provider and agents whose ``llm_config``/``embedding_config``
 name no provider, each pointed at a local recording endpoint (one path prefix per type, so each
 test shows the call did reach it): no operator key is in any header, path or query it receives.
+That server is the suite's ``operator_keys_server`` (tests/conftest.py), shared with
+tests/test_identity_and_env_keys.py.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from conftest import KettaProcess, server_of_its_own, unique
-from ketta.db.database import free_port
+from conftest import unique
+from operator_env import OPERATOR_KEYS, RecordingEndpoint
 
-# One operator key per env variable Letta reads into model_settings (values unique to this test).
-OPERATOR_KEYS = {
-    name: f"opkey-{name.lower().replace('_', '-')}-5c1d"
-    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "DEEPSEEK_API_KEY", "GROQ_API_KEY", "XAI_API_KEY",
-                 "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "BASETEN_API_KEY", "ZAI_API_KEY", "MINIMAX_API_KEY", "GEMINI_API_KEY",
-                 "OPENROUTER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "EXA_API_KEY", "TAVILY_API_KEY")
-}
 # Every model_endpoint_type whose Letta client reads an env key (fireworks: Letta 0.16.8 cannot store
 # an agent of that type, 400 from its AgentState validation, so its client is unreachable; google_ai
 # always calls Google's public host: its key is checked in-process below).
 CHAT_TYPES = ("openai", "deepseek", "groq", "xai", "together", "zai", "openrouter", "anthropic", "minimax")
 EMBEDDING_TYPES = ("openai", "groq", "together", "azure")  # the types EmbeddingConfig accepts that have a client of their own
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-class RecordingEndpoint:
-    """An LLM endpoint on 127.0.0.1 answering OpenAI-, Azure- and Anthropic-shaped requests on any
-    path prefix, recording every request's method, path (query included) and headers."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.seen: list[Seen] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                endpoint.seen.append(Seen(method, self.path, {k.lower(): v for k, v in self.headers.items()}))
-                path = self.path.split("?", 1)[0].rstrip("/")
-                model = body.get("model", "mock-chat-1") if isinstance(body, dict) else "mock-chat-1"
-                if method == "GET" and (path.endswith("/deployments") or path.endswith("/models")):
-                    payload: Any = {"object": "list", "data": [{"id": "mock-chat-1", "object": "model", "created": 1, "created_at": 1,
-                                                                  "owned_by": "mock", "capabilities": {"chat_completion": True}}]}
-                elif path.endswith("/chat/completions"):
-                    payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                elif path.endswith("/embeddings"):
-                    inputs = body.get("input") or [""]
-                    inputs = inputs if isinstance(inputs, list) else [inputs]
-                    payload = {"object": "list", "model": model, "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                               "data": [{"object": "embedding", "index": i, "embedding": [0.1] * 1536} for i in range(len(inputs))]}
-                elif path.endswith("/messages"):
-                    payload = {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "stop_reason": "end_turn",
-                               "content": [{"type": "text", "text": "ok"}], "usage": {"input_tokens": 1, "output_tokens": 1}}
-                else:
-                    self.send_response(404)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(b'{"error": {"message": "not here"}}')
-                    return
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - stdlib name
-                self._answer("GET")
-
-            def do_POST(self) -> None:  # noqa: N802 - stdlib name
-                self._answer("POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def under(self, prefix: str) -> list[Seen]:
-        return [s for s in self.seen if s.path.startswith(f"/{prefix}/")]
-
-    def leaked(self) -> list[tuple[str, str]]:
-        """(env name, where) of every operator key that reached this endpoint."""
-        found = []
-        for seen in self.seen:
-            text = seen.path + "\n" + "\n".join(f"{k}: {v}" for k, v in seen.headers.items())
-            found += [(name, seen.path) for name, key in OPERATOR_KEYS.items() if key in text]
-        return found
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def operator_endpoint() -> Iterator[RecordingEndpoint]:
-    """The operator's own Azure endpoint (AZURE_BASE_URL), where Letta would spend AZURE_API_KEY."""
-    endpoint = RecordingEndpoint(port=free_port())
-    yield endpoint
-    endpoint.close()
-
-
-@pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str, operator_endpoint: RecordingEndpoint) -> Iterator[KettaProcess]:
-    """A server whose operator set every key Letta reads, the env-key fallback off (the default)."""
-    with server_of_its_own(pg_uri, Path(tmp_path_factory.mktemp("opkeys-home")), "opkeys", **OPERATOR_KEYS,
-                           AZURE_BASE_URL=f"{operator_endpoint.url}/operator-azure/openai/v1", AZURE_API_VERSION="2024-09-01-preview",
-                           AWS_DEFAULT_REGION="us-east-1") as proc:
-        yield proc
 
 
 @pytest.fixture()
@@ -140,9 +33,9 @@ def attacker() -> Iterator[RecordingEndpoint]:
     endpoint.close()
 
 
-def test_a_keyless_azure_provider_never_gets_azure_api_key(keyed_server, attacker):
+def test_a_keyless_azure_provider_never_gets_azure_api_key(operator_keys_server, attacker):
     name = unique("keyless-azure")
-    with keyed_server.client() as api:
+    with operator_keys_server.client() as api:
         created = api.post("/v1/providers/", json={"name": name, "provider_type": "azure", "api_key": "",
                                                    "base_url": f"{attacker.url}/azure/openai/v1", "api_version": "2024-09-01-preview"})
         assert created.status_code == 200, created.text
@@ -161,10 +54,10 @@ def test_a_keyless_azure_provider_never_gets_azure_api_key(keyed_server, attacke
     assert attacker.leaked() == []
 
 
-def test_agent_configs_without_a_provider_never_get_an_env_key(keyed_server, attacker, operator_endpoint):
+def test_agent_configs_without_a_provider_never_get_an_env_key(operator_keys_server, attacker, operator_endpoint):
     """Every client type, chat and embeddings, pointed at the attacker's endpoint (Azure's at the
     operator's own AZURE_BASE_URL, where stock Letta spends AZURE_API_KEY for anyone)."""
-    with keyed_server.client() as api:
+    with operator_keys_server.client() as api:
         for endpoint_type in CHAT_TYPES:
             agent = api.post("/v1/agents/", json={
                 "name": unique(f"cfg-{endpoint_type}"), "include_base_tools": False,
@@ -202,13 +95,13 @@ def test_agent_configs_without_a_provider_never_get_an_env_key(keyed_server, att
     assert operator_endpoint.leaked() == [], "a user's agent spent the operator's AZURE_API_KEY at its own endpoint"
 
 
-def test_web_search_never_spends_the_operator_s_exa_key(keyed_server):
+def test_web_search_never_spends_the_operator_s_exa_key(operator_keys_server):
     """An agent's LLM (here a provider the user runs) calls Letta's built-in web_search: with
     KETTA_SHARE_SEARCH_KEYS off (the default) the operator's EXA_API_KEY is not Letta's to use."""
     from mock_openai import MockOpenAI
 
     name = unique("searcher")
-    with keyed_server.client() as api, MockOpenAI(force_tool="web_search", reply="anything") as llm:
+    with operator_keys_server.client() as api, MockOpenAI(force_tool="web_search", reply="anything") as llm:
         created = api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "sk-own", "base_url": llm.base_url})
         assert created.status_code == 200, created.text
         agent = api.post("/v1/agents/", json={"name": name, "model": f"{name}/mock-chat-1", "embedding": f"{name}/text-embedding-3-small",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # What tests/conftest.py imports from the tests directory.
-CONFTEST_AND_ITS_MODULES = ("conftest.py", "forked_servers.py", "loopback_only.py", "mock_openai.py")
+CONFTEST_AND_ITS_MODULES = ("conftest.py", "forked_servers.py", "loopback_only.py", "mock_openai.py", "operator_env.py")
 
 PROBE = '''
 import os
