@@ -8,7 +8,12 @@ prints the RSS (MiB) of the server's main process and of each worker, with reque
 far. At the end: each process's RSS growth over the last two thirds of the run (after warm-up),
 which the issue wants under 5 %.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--clients 16] [--workers 2] [--every 30]
+An agent's context grows with every message, and each message loads all of it: RSS then grows with
+the working set, leak or not. ``--reset-every N`` resets each agent's messages
+(``PATCH /v1/agents/{id}/reset-messages``) after every N of its requests, so every request does the
+same work all the run long and growth after warm-up is memory kept.
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--clients 16] [--workers 2] [--every 30] [--reset-every 40]
 """
 
 from __future__ import annotations
@@ -46,14 +51,16 @@ def rss_by_process(pid: int) -> dict[int, float]:
     return found
 
 
-async def load(url: str, agent_ids: list[str], seconds: float, counts: dict[str, int]) -> None:
+async def load(url: str, agent_ids: list[str], seconds: float, counts: dict[str, int], reset_every: int = 0) -> None:
     deadline = time.monotonic() + seconds
 
     async def client(agent_id: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=300, headers=shared.AUTH_HEADERS) as http:
             i = 0
             while time.monotonic() < deadline:
-                if i % 5 == 4:
+                if reset_every and i % (reset_every + 1) == reset_every:
+                    responses = [await http.patch(f"/v1/agents/{agent_id}/reset-messages")]
+                elif i % 5 == 4:
                     responses = [await http.get(f"/v1/agents/{agent_id}/messages", params={"limit": 50}),
                                  await http.get("/v1/agents/", params={"limit": 20})]
                 else:
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
     parser.add_argument("--every", type=float, default=30, help="seconds between RSS samples (default 30)")
+    parser.add_argument("--reset-every", type=int, default=0, help="reset each agent's messages after this many requests (default 0: never)")
     args = parser.parse_args(argv)
     from ketta.db.database import EmbeddedPostgres, free_port
     from mock_openai import MockOpenAI
@@ -112,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                     chat, embedding = shared.listed_handles(http, "soak-provider", llm.base_url)
                     agent_ids = [shared.make_agent(http, chat, embedding) for _ in range(args.clients)]
                 seconds = args.minutes * 60
-                print(f"ketta server, {args.workers} workers, {args.clients} clients, {args.minutes:g} min", flush=True)
+                reset = f", messages reset every {args.reset_every} requests" if args.reset_every else ""
+                print(f"ketta server, {args.workers} workers, {args.clients} clients, {args.minutes:g} min{reset}", flush=True)
                 counts = {"requests": 0, "errors": 0}
                 samples: list[tuple[float, dict[int, float]]] = []
 
                 async def run() -> None:
-                    await asyncio.gather(load(server.url, agent_ids, seconds, counts),
+                    await asyncio.gather(load(server.url, agent_ids, seconds, counts, args.reset_every),
                                          sample(server.proc.pid, seconds, args.every, counts, samples))
 
                 asyncio.run(run())
