@@ -877,7 +877,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/letta_modifications/llm_api/llm_client_base.py",
         "    return key or NO_KEY, None, None\n\n\ndef _never_env_key",
         "    return key, None, None\n\n\ndef _never_env_key",
-        ("tests/test_identity_and_env_keys.py::test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it",),
+        ("tests/test_identity_and_env_keys.py::test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it",
+         "tests/test_env_keys_inner_layers.py::test_a_keyless_provider_s_message_carries_no_env_key"),
         "Letta's own OPENAI_API_KEY fallback for a keyless provider's message is closed.",
     ),
     Mutation(
@@ -885,7 +886,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/letta_modifications/llm_api/llm_client_base.py",
         "    return (key or NO_KEY, *rest)",
         "    return (key, *rest)",
-        ("tests/test_identity_and_env_keys.py::test_an_agent_config_without_a_provider_never_gets_an_env_key",),
+        ("tests/test_identity_and_env_keys.py::test_an_agent_config_without_a_provider_never_gets_an_env_key",
+         "tests/test_env_keys_inner_layers.py::test_an_agent_config_without_a_provider_gets_no_env_key"),
         "An llm_config without provider_name never gets Letta's env key fallback.",
     ),
     Mutation(
@@ -893,7 +895,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/letta_modifications/llm_api/openai_client.py",
         "    kwargs[\"api_key\"] = NO_KEY  # never",
         "    pass  # never",
-        ("tests/test_identity_and_env_keys.py::test_an_agent_config_without_a_provider_never_gets_an_env_key",),
+        ("tests/test_identity_and_env_keys.py::test_an_agent_config_without_a_provider_never_gets_an_env_key",
+         "tests/test_env_keys_inner_layers.py::test_an_agent_config_without_a_provider_gets_no_env_key"),
         "An embedding config without a provider never gets OPENAI_API_KEY.",
     ),
     Mutation(
