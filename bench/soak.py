@@ -59,7 +59,8 @@ async def load(url: str, agent_ids: list[str], seconds: float, counts: dict[str,
             i = 0
             while time.monotonic() < deadline:
                 if reset_every and i % (reset_every + 1) == reset_every:
-                    responses = [await http.patch(f"/v1/agents/{agent_id}/reset-messages")]
+                    responses = [await http.patch(f"/v1/agents/{agent_id}/reset-messages",
+                                                  json={"add_default_initial_messages": True})]  # as a new agent
                 elif i % 5 == 4:
                     responses = [await http.get(f"/v1/agents/{agent_id}/messages", params={"limit": 50}),
                                  await http.get("/v1/agents/", params={"limit": 20})]
@@ -68,7 +69,10 @@ async def load(url: str, agent_ids: list[str], seconds: float, counts: dict[str,
                                                  json={"messages": [{"role": "user", "content": f"Soak message {i}."}]})]
                 for response in responses:
                     counts["requests"] += 1
-                    counts["errors"] += response.status_code != 200
+                    if response.status_code != 200:
+                        counts["errors"] += 1
+                        failed = f"{response.request.method} {response.status_code}"
+                        counts[failed] = counts.get(failed, 0) + 1
                 i += 1
 
     await asyncio.gather(*(client(agent_id) for agent_id in agent_ids))
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(run())
             finally:
                 server.stop()
-        print(f"\n{counts['requests']} requests, {counts['errors']} errors")
+        failures = {key: value for key, value in counts.items() if key not in ("requests", "errors")}
+        print(f"\n{counts['requests']} requests, {counts['errors']} errors {failures or ''}")
         for pid, (first, last) in growth(samples, args.minutes * 60).items():
             print(f"  process {pid}: {first:.1f} -> {last:.1f} MiB over the last two thirds ({(last / first - 1) * 100:+.1f} %)")
         return 0

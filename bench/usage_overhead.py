@@ -1,6 +1,6 @@
 """What the usage ledger costs a message round trip: Ketta with KETTA_USAGE_LEDGER on and off.
 
-    .venv/bin/python bench/usage_overhead.py [--rounds 40] [--block 5] [--warmup 3] [--direct 2000]
+    .venv/bin/python bench/usage_overhead.py [--rounds 40] [--block 5] [--warmup 3] [--direct 2000] [--reset-every 4]
 
 Two Ketta servers (ledger on, ledger off) on two databases of one embedded PostgreSQL, each with
 a provider on the local mock LLM and a ``letta_v1_agent``. A round sends ``--block``
@@ -23,6 +23,10 @@ Each round gives one paired difference (on minus off) per figure; the script pri
 with a 95 % confidence interval (Student's t over the rounds), their median with a 95 % interval
 (sign test: robust to the rare block that holds a full garbage collection of the server's heap),
 and both as a share of the ledger-off figure; the ledger server's rows are counted to show every message was recorded.
+
+Each message loads the agent's whole context, which grows by two messages per message: over a long
+run a message's CPU grows several times over, and so does the noise. ``--reset-every N`` resets both
+agents' messages (untimed, between rounds) every N rounds, so every round measures the same work.
 
 The difference of two noisy servers needs many rounds to resolve 1 %, so ``--direct N`` also
 measures the recording itself: this process runs the ledger's own ``record_later`` (the task the
@@ -230,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="rounds before measuring")
     parser.add_argument("--settle", type=float, default=0.3, help="seconds after a block before its CPU is read")
     parser.add_argument("--direct", type=int, default=0, help="also time the recording of this many calls in this process")
+    parser.add_argument("--reset-every", type=int, default=0,
+                        help="reset both agents' messages (untimed) every N rounds: each message then loads a context of "
+                             "the same size all run long, instead of one that grows (default 0: never)")
     args = parser.parse_args(argv)
 
     from ketta.db import migrations
@@ -268,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                 set_up(session, llm)
             sent = 0
             for round_number in range(args.warmup + args.rounds):
+                if args.reset_every and round_number and round_number % args.reset_every == 0:
+                    for session in sessions.values():
+                        session.http.patch(f"/v1/agents/{session.agent_id}/reset-messages",
+                                           json={"add_default_initial_messages": True}).raise_for_status()
                 order = ("on", "off") if round_number % 2 == 0 else ("off", "on")
                 for name in order:
                     session = sessions[name]
