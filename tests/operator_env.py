@@ -98,3 +98,18 @@ class RecordingEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def message_through_a_providerless_agent(api: Any, endpoint: str) -> None:
+    """An agent whose ``llm_config`` and ``embedding_config`` name no provider, only ``endpoint``; then a
+    message and a passage (an embedding), the calls where Letta would fall back to the operator's key."""
+    agent = api.post("/v1/agents/", json={
+        "name": "configured-thief", "include_base_tools": False,
+        "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "openai", "model_endpoint": endpoint,
+                       "context_window": 8000},
+        "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "openai",
+                             "embedding_endpoint": endpoint, "embedding_dim": 1536},
+    })
+    assert agent.status_code == 200, agent.text
+    api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+    api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})

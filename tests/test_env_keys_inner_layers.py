@@ -10,13 +10,13 @@ this inner layer holds."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import KettaProcess, server_of_its_own
 from mock_openai import MockOpenAI
+from operator_env import message_through_a_providerless_agent
 
 OPERATOR_KEY = "sk-operator-inner-layer-7f3e"
 
@@ -48,17 +48,7 @@ def test_a_keyless_provider_s_message_carries_no_env_key(keys_left_in_letta: Ket
 
 def test_an_agent_config_without_a_provider_gets_no_env_key(keys_left_in_letta: KettaProcess):
     with keys_left_in_letta.client() as api, MockOpenAI() as attacker:
-        agent = api.post("/v1/agents/", json={
-            "name": "configured-thief", "include_base_tools": False,
-            "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "openai", "model_endpoint": attacker.base_url,
-                           "context_window": 8000},
-            "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "openai",
-                                 "embedding_endpoint": attacker.base_url, "embedding_dim": 1536},
-        })
-        assert agent.status_code == 200, agent.text
-        attacker.clear()
-        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
-        api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
+        message_through_a_providerless_agent(api, attacker.base_url)
         assert attacker.chat_requests(), "the message reached the mock"
         assert [r for r in attacker.requests if r.path.endswith("/embeddings")], "the passage's embedding reached the mock"
         assert OPERATOR_KEY not in keys_seen(attacker)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import KettaProcess, unique
 from mock_openai import MockOpenAI
-from operator_env import OPERATOR_KEYS
+from operator_env import OPERATOR_KEYS, message_through_a_providerless_agent
 
 IDENTITY_FIELD = re.compile(r"^(user|user_id|users|user_ids|actor|actor_id|organization|organization_id|org|org_id)$")
 # What the walk finds in Letta 0.16.8 (plus Ketta's routes): a new one after an upgrade fails the
@@ -217,17 +217,7 @@ def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_
 
 def test_an_agent_config_without_a_provider_never_gets_an_env_key(operator_keys_server):
     with operator_keys_server.client() as api, MockOpenAI() as attacker:
-        agent = api.post("/v1/agents/", json={
-            "name": "configured-thief", "include_base_tools": False,
-            "llm_config": {"model": "mock-chat-1", "model_endpoint_type": "openai", "model_endpoint": attacker.base_url,
-                           "context_window": 8000},
-            "embedding_config": {"embedding_model": "text-embedding-3-small", "embedding_endpoint_type": "openai",
-                                 "embedding_endpoint": attacker.base_url, "embedding_dim": 1536},
-        })
-        assert agent.status_code == 200, agent.text
-        attacker.clear()
-        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
-        api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
+        message_through_a_providerless_agent(api, attacker.base_url)
         assert attacker.chat_requests(), "the message reached the mock"
         assert not _keys_seen(attacker) & set(OPERATOR_KEYS.values())
 
