@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import WORKERS_FOR_THE_SUITE
+
 HERE = Path(__file__).resolve().parent
 # What tests/conftest.py imports from the tests directory.
 CONFTEST_AND_ITS_MODULES = ("conftest.py", "forked_servers.py", "loopback_only.py", "mock_openai.py", "operator_env.py")
@@ -54,7 +56,7 @@ def test_a_module_scoped_fixture_is_set_up_once_across_the_default_workers(tmp_p
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "xdist", "-p", "no:cacheprovider", "-q"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "11 passed" in done.stdout and "3 parallel worker(s)" in done.stdout, done.stdout[-2000:]
+    assert "11 passed" in done.stdout and f"{WORKERS_FOR_THE_SUITE} parallel worker(s)" in done.stdout, done.stdout[-2000:]
     workers = setups.read_text().split()
     assert len(workers) == 1, f"the module's fixture was set up on {workers}: its tests were spread over workers"
     assert workers[0].startswith("gw"), workers
