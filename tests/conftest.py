@@ -99,7 +99,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # Workers for a run of the whole suite (or of directories). Tests mostly wait on servers and
 # subprocesses, so more workers than the 2 cores CI has still pays; a named test file runs in-process.
-WORKERS_FOR_THE_SUITE = 4  # measured 2026-12-04: 560 s wall with 4, 602-613 s with 3 (the suite waits on servers as much as it computes)
+WORKERS_FOR_THE_SUITE = 4  # 2026-12-04: 560, 589, 643 s wall with 4; 602, 613 s with 3 (same code but the worker count; noisy)
 _STARTED = time.monotonic()
 
 # Tests that take minutes, started first so the others fill the workers around them (measured).
