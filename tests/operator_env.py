@@ -113,3 +113,17 @@ def message_through_a_providerless_agent(api: Any, endpoint: str) -> None:
     assert agent.status_code == 200, agent.text
     api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
     api.post(f"/v1/agents/{agent.json()['id']}/archival-memory", json={"text": "remember this"})
+
+
+def keys_seen(mock: Any) -> set[str | None]:
+    """Every API key the mock LLM was sent."""
+    return {request.api_key for request in mock.requests}
+
+
+def message_through(api: Any, provider: str, mock: Any, agent_name: str) -> None:
+    """An agent on ``provider``'s mock-chat-1, then one message; the mock's earlier requests cleared first."""
+    agent = api.post("/v1/agents/", json={"name": agent_name, "model": f"{provider}/mock-chat-1",
+                                           "embedding": f"{provider}/text-embedding-3-small", "include_base_tools": False})
+    assert agent.status_code == 200, agent.text
+    mock.clear()
+    api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import KettaProcess, server_of_its_own
 from mock_openai import MockOpenAI
-from operator_env import message_through_a_providerless_agent
+from operator_env import keys_seen, message_through, message_through_a_providerless_agent
 
 OPERATOR_KEY = "sk-operator-inner-layer-7f3e"
 
@@ -28,20 +28,12 @@ def keys_left_in_letta(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) ->
         yield proc
 
 
-def keys_seen(mock: MockOpenAI) -> set[str | None]:
-    return {request.api_key for request in mock.requests}
-
-
 def test_a_keyless_provider_s_message_carries_no_env_key(keys_left_in_letta: KettaProcess):
     with keys_left_in_letta.client() as api, MockOpenAI() as attacker:
         created = api.post("/v1/providers/", json={"name": "keyless", "provider_type": "openai", "api_key": "",
                                                    "base_url": attacker.base_url})
         assert created.status_code == 200, created.text
-        agent = api.post("/v1/agents/", json={"name": "keyless-agent", "model": "keyless/mock-chat-1",
-                                               "embedding": "keyless/text-embedding-3-small", "include_base_tools": False})
-        assert agent.status_code == 200, agent.text
-        attacker.clear()
-        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        message_through(api, "keyless", attacker, "keyless-agent")
         assert attacker.chat_requests(), "the message reached the mock"
         assert OPERATOR_KEY not in keys_seen(attacker)
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import KettaProcess, unique
 from mock_openai import MockOpenAI
-from operator_env import OPERATOR_KEYS, message_through_a_providerless_agent
+from operator_env import OPERATOR_KEYS, keys_seen, message_through, message_through_a_providerless_agent
 
 IDENTITY_FIELD = re.compile(r"^(user|user_id|users|user_ids|actor|actor_id|organization|organization_id|org|org_id)$")
 # What the walk finds in Letta 0.16.8 (plus Ketta's routes): a new one after an upgrade fails the
@@ -174,27 +174,19 @@ def test_latest_provider_routes_never_return_key_material(api, llm):
 # --- env keys ----------------------------------------------------------------------------------
 
 
-def _keys_seen(mock: MockOpenAI) -> set[str | None]:
-    return {r.api_key for r in mock.requests}
-
-
 def test_a_provider_named_after_an_env_key_never_gets_it(operator_keys_server):
     with operator_keys_server.client() as api, MockOpenAI() as attacker:
         for name in ("openai", "tavily", "anthropic"):
             api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "", "base_url": attacker.base_url})
         assert attacker.requests, "the listings reached the mock"
-        assert not _keys_seen(attacker) & set(OPERATOR_KEYS.values())  # OPENAI_API_KEY, TAVILY_API_KEY, ... all of them
-        agent = api.post("/v1/agents/", json={"name": "env-key-thief", "model": "openai/mock-chat-1",
-                                               "embedding": "openai/text-embedding-3-small", "include_base_tools": False})
-        assert agent.status_code == 200, agent.text
-        attacker.clear()
-        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert not keys_seen(attacker) & set(OPERATOR_KEYS.values())  # OPENAI_API_KEY, TAVILY_API_KEY, ... all of them
+        message_through(api, "openai", attacker, "env-key-thief")
         assert attacker.chat_requests(), "the message reached the mock"
-        assert OPERATOR_OPENAI_KEY not in _keys_seen(attacker)
+        assert OPERATOR_OPENAI_KEY not in keys_seen(attacker)
         refresh = [p for p in api.get("/v1/providers/").json() if p["name"] == "openai"]
         attacker.clear()
         api.patch(f"/v1/providers/{refresh[0]['id']}/refresh")
-        assert OPERATOR_OPENAI_KEY not in _keys_seen(attacker)
+        assert OPERATOR_OPENAI_KEY not in keys_seen(attacker)
 
 
 def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_keys_server):
@@ -206,20 +198,16 @@ def test_with_the_fallback_off_not_even_the_key_s_own_endpoint_gets_it(operator_
             existing = [p for p in api.get("/v1/providers/").json() if p["name"] == "openai"][0]
             created = api.patch(f"/v1/providers/{existing['id']}", json={"base_url": own.base_url})
         assert created.status_code == 200, created.text
-        assert own.requests and OPERATOR_OPENAI_KEY not in _keys_seen(own)
-        agent = api.post("/v1/agents/", json={"name": "own-endpoint", "model": "openai/mock-chat-1",
-                                               "embedding": "openai/text-embedding-3-small", "include_base_tools": False})
-        assert agent.status_code == 200, agent.text
-        own.clear()
-        api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
-        assert own.chat_requests() and OPERATOR_OPENAI_KEY not in _keys_seen(own)
+        assert own.requests and OPERATOR_OPENAI_KEY not in keys_seen(own)
+        message_through(api, "openai", own, "own-endpoint")
+        assert own.chat_requests() and OPERATOR_OPENAI_KEY not in keys_seen(own)
 
 
 def test_an_agent_config_without_a_provider_never_gets_an_env_key(operator_keys_server):
     with operator_keys_server.client() as api, MockOpenAI() as attacker:
         message_through_a_providerless_agent(api, attacker.base_url)
         assert attacker.chat_requests(), "the message reached the mock"
-        assert not _keys_seen(attacker) & set(OPERATOR_KEYS.values())
+        assert not keys_seen(attacker) & set(OPERATOR_KEYS.values())
 
 
 def test_with_the_fallback_on_an_env_key_goes_only_to_its_own_endpoint(api, shared_server):
@@ -230,13 +218,9 @@ def test_with_the_fallback_on_an_env_key_goes_only_to_its_own_endpoint(api, shar
         created = api.post("/v1/providers/", json={"name": name, "provider_type": "openai", "api_key": "", "base_url": elsewhere.base_url})
         try:
             assert created.status_code == 200, created.text
-            assert elsewhere.requests and "sk-from-env" not in _keys_seen(elsewhere)
-            agent = api.post("/v1/agents/", json={"name": "fallback-elsewhere", "model": f"{name}/mock-chat-1",
-                                                   "embedding": f"{name}/text-embedding-3-small", "include_base_tools": False})
-            assert agent.status_code == 200, agent.text
-            elsewhere.clear()
-            api.post(f"/v1/agents/{agent.json()['id']}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
-            assert elsewhere.chat_requests() and "sk-from-env" not in _keys_seen(elsewhere)
+            assert elsewhere.requests and "sk-from-env" not in keys_seen(elsewhere)
+            message_through(api, name, elsewhere, "fallback-elsewhere")
+            assert elsewhere.chat_requests() and "sk-from-env" not in keys_seen(elsewhere)
         finally:
             if created.status_code == 200:
                 api.delete(f"/v1/providers/{created.json()['id']}")
