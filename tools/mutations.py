@@ -1391,6 +1391,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Each caller of a value computed once gets its own copy: changing it changes nobody else's.",
     ),
     Mutation(
+        "heap-collector-left-paused",
+        "ketta/core/heap.py",
+        "        gc.enable()",
+        "        pass",
+        ("tests/test_heap.py::test_paused_inside_then_frozen_and_running_again",
+         "tests/test_heap.py::test_a_failed_block_still_leaves_the_collector_running"),
+        "The garbage collector runs again once Letta is imported (paused for good, a server's cyclic garbage would never be freed).",
+    ),
+    Mutation(
+        "heap-nothing-frozen",
+        "ketta/core/heap.py",
+        "        gc.freeze()",
+        "        pass",
+        ("tests/test_heap.py::test_paused_inside_then_frozen_and_running_again",),
+        "What the start's imports built is frozen out of later collections.",
+    ),
+    Mutation(
         "round-trips-begin-always",
         "ketta/db/round_trips.py",
         "    if _defer_begin_on.get() is self:",
