@@ -33,8 +33,9 @@ measures the recording itself: this process runs the ledger's own ``record_later
 server starts as a call ends: cost, row and budget spend in one statement) N times, one at a
 time, on the ledger server's database with its provider, agent and user, and prints its CPU time
 (this process's, and PostgreSQL's backends') and wall time per call; a message of this bench
-makes one LLM call. It alternates blocks of the recording as written (autocommit: one round
-trip) with the same statement in a transaction (BEGIN, statement, COMMIT: as recorded before).
+makes one LLM call. It alternates blocks of the recording as written (the statement sent on a
+pooled connection's asyncpg connection, in autocommit) with the same statement sent through a
+SQLAlchemy session in autocommit (as recorded before 2026-12-04 11:00).
 """
 
 from __future__ import annotations
@@ -104,12 +105,39 @@ def backends_cpu_s(admin: sa.Engine, database: str) -> float:
     return sum(process_cpu_s(pid, with_children=False) for pid in pids)
 
 
+_sessions: list = []  # the bench's session factory (direct)
+
+
+async def _record_in_a_session(call, tokens, status, error_class=None) -> None:
+    """The recording as written before 2026-12-04 11:00: the same parameters and statement, run
+    through a SQLAlchemy session's connection in autocommit (for the --direct comparison)."""
+    from decimal import Decimal
+
+    from ketta.usage import ledger as usage_ledger, prices
+
+    if call.done:
+        return
+    call.done = True
+    catalog: Decimal | None = prices.catalog_cost(call.provider_type, call.base_url, call.model, tokens)
+    parameters = {
+        **call.budget_parameters(), "run": call.run_id, "provider_type": call.provider_type, "model": call.model,
+        "handle": call.handle, "fallback": call.fallback, "streamed": call.streamed,
+        "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
+        "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
+        "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
+        "kind": call.kind, "pool": call.pool,
+    }
+    async with _sessions[-1]() as session:
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        await connection.execute(usage_ledger._RECORD, parameters)
+        await session.commit()
+
+
 def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 10) -> list[str]:
     """The ledger's recording of ``calls`` calls, one at a time, on ``uri`` (see the docstring), as
-    written (autocommit) and as a transaction (BEGIN, statement, COMMIT: the recording before
-    2026-12-04), in alternating blocks."""
+    written (the statement on the pooled connection's asyncpg connection) and through a SQLAlchemy
+    session in autocommit (the recording before 2026-12-04 11:00), in alternating blocks."""
     import asyncio
-    from contextlib import asynccontextmanager
     from dataclasses import replace
 
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -123,23 +151,20 @@ def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 
         seen = conn.execute(sa.text("SELECT organization_id, user_id, agent_id, provider_name, provider_type, model, handle "
                                     "FROM ketta_usage WHERE status = 'ok' ORDER BY id DESC LIMIT 1")).one()
     async_uri = sync_url(uri).replace("postgresql+psycopg2://", "postgresql+asyncpg://", 1).replace("sslmode=", "ssl=")
-    variants = {"autocommit (as written)": {"isolation_level": "AUTOCOMMIT"}, "in a transaction (before)": {}}
+    as_written = usage_ledger.record
+    variants = {"driver connection (as written)": as_written, "session, autocommit (before)": _record_in_a_session}
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
 
     async def run() -> None:
         engine = create_async_engine(async_uri, pool_size=2)
         sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        usage_ledger._engine = lambda: engine  # type: ignore[assignment]  # this process is the worker
 
-        @asynccontextmanager
-        async def committing():  # as the server's session: commit when the block ends
-            async with sessions() as session:
-                yield session
-                await session.commit()
+        async def session() -> object:  # its budget checks (the wrapper's, below)
+            return sessions()
 
-        async def session() -> object:
-            return committing()
-
-        usage_ledger._session = session  # type: ignore[assignment]  # this process is the worker
+        usage_ledger._session = session  # type: ignore[assignment]
+        _sessions.append(sessions)
         template = usage_ledger.Call(organization_id=seen.organization_id, user_id=seen.user_id, agent_id=seen.agent_id, run_id=None,
                                      provider=seen.provider_name, model=seen.model, handle=seen.handle, pool=None, fallback=False,
                                      streamed=False, provider_type=seen.provider_type)
@@ -147,7 +172,7 @@ def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 
         per_block = max(1, calls // blocks)
         for block in range(-1, blocks):  # block -1: connections made, statements prepared
             for name in (variants if block % 2 == 0 else reversed(list(variants))):
-                usage_ledger._AUTOCOMMIT = variants[name]
+                usage_ledger.record = variants[name]  # type: ignore[assignment]  # what record_later's task runs
                 cpu, pg, wall = time.process_time(), backends_cpu_s(admin, database), time.perf_counter()
                 for _ in range(per_block if block >= 0 else 20):
                     usage_ledger.record_later(replace(template), tokens, "ok")
@@ -156,6 +181,7 @@ def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 
                     figures[name].append(((time.process_time() - cpu) / per_block * 1000,
                                           (backends_cpu_s(admin, database) - pg) / per_block * 1000,
                                           (time.perf_counter() - wall) / per_block * 1000))
+        usage_ledger.record = as_written  # type: ignore[assignment]
         await engine.dispose()
 
         # The wrapper on the call's own path (who it is for, the provider's row remembered by the
@@ -192,7 +218,7 @@ def direct(admin: sa.Engine, uri: str, database: str, calls: int, blocks: int = 
     lines = [f"recording one call ({blocks} alternating blocks of {calls // blocks} calls per variant), per call:"]
     for name, rows in figures.items():
         cpu, pg, wall = (statistics.fmean(r[i] for r in rows) for i in range(3))
-        lines.append(f"  {name:<26} {cpu:.3f} ms CPU here + {pg:.3f} ms PostgreSQL CPU = {cpu + pg:.3f} ms CPU; {wall:.3f} ms wall")
+        lines.append(f"  {name:<32} {cpu:.3f} ms CPU here + {pg:.3f} ms PostgreSQL CPU = {cpu + pg:.3f} ms CPU; {wall:.3f} ms wall")
     lines.append(f"  and on the call's path (the wrapper, its write left out): {wrapper[0]:.3f} ms CPU")
     return lines
 

@@ -387,10 +387,7 @@ def test_another_worker_shares_the_budget_count(shared_server: KettaProcess, sha
         engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), poolclass=sa.NullPool)
         sessions = async_sessionmaker(engine)
 
-        async def session() -> Any:
-            return sessions()
-
-        monkeypatch.setattr(usage_ledger, "_session", session)
+        monkeypatch.setattr(usage_ledger, "_engine", lambda: engine)  # this process's pool writes its rows
         monkeypatch.setattr(budgets, "_with_budgets", (0.0, frozenset()))
         call = usage_ledger.Call(organization_id=org, user_id=user, agent_id=agent_id, run_id=None, provider=name, model="mock-chat-1",
                                  handle=f"{name}/mock-chat-1", pool=None, fallback=False, streamed=False)
@@ -518,27 +515,30 @@ def test_no_code_of_letta_calls_the_synchronous_llm_request() -> None:
 
 def test_a_ledger_row_is_one_statement_without_a_transaction(shared_db: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The recording's cost: the row, its cost and its budgets' spend are one statement, sent in
-    autocommit (one round trip: no BEGIN, no COMMIT)."""
+    autocommit (one round trip: no BEGIN, no COMMIT) on a pooled connection."""
     import asyncio
 
     import asyncpg
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     from ketta.usage import ledger as usage_ledger
     from ketta.usage.tokens import Tokens
 
-    engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), poolclass=sa.NullPool)
-    sessions = async_sessionmaker(engine)
-
-    async def session() -> Any:
-        return sessions()
-
-    monkeypatch.setattr(usage_ledger, "_session", session)
+    # One pooled connection: the recording reuses the one opened below, its set-up queries done.
+    engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), pool_size=1, max_overflow=0)
+    monkeypatch.setattr(usage_ledger, "_engine", lambda: engine)
     transactions: list[int] = []
     original = asyncpg.connection.Connection.transaction
     monkeypatch.setattr(asyncpg.connection.Connection, "transaction", lambda self, *a, **k: transactions.append(1) or original(self, *a, **k))
-    statements: list[str] = []
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda conn, cursor, statement, *rest: statements.append(statement))
+    statements: list[str] = []  # every query the driver sends (the ledger bypasses SQLAlchemy's execution events)
+    connect = engine.sync_engine.dialect.connect
+
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        connection = connect(*args, **kwargs)
+        connection.driver_connection.add_query_logger(lambda query: statements.append(query.query))
+        return connection
+
+    monkeypatch.setattr(engine.sync_engine.dialect, "connect", logged)
     run_id = f"run-{uuid.uuid4().hex}"
     call = usage_ledger.Call(organization_id=f"org-{uuid.uuid4().hex[:8]}", user_id=None, agent_id=None, run_id=run_id, provider="nowhere",
                              model="mock-chat-1", handle="nowhere/mock-chat-1", pool=None, fallback=False, streamed=False)
@@ -555,3 +555,38 @@ def test_a_ledger_row_is_one_statement_without_a_transaction(shared_db: sa.Engin
         row = conn.execute(sa.text("SELECT prompt_tokens, completion_tokens, status FROM ketta_usage WHERE run_id = :r"), {"r": run_id}).one()
     assert tuple(row) == (12, 3, "ok")
     assert len(statements) == 1 and statements[0].startswith("WITH price AS") and transactions == []
+
+
+def test_the_ledger_writes_on_after_its_connection_is_lost(shared_db: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger writes on a pooled connection directly: when that connection is lost (a killed
+    backend, PostgreSQL restarted), the row being written is lost (logged; the call goes on), the
+    dead connection leaves the pool, and the next call's row is written."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ketta.usage import ledger as usage_ledger
+    from ketta.usage.tokens import Tokens
+
+    engine = create_async_engine(shared_db.url.set(drivername="postgresql+asyncpg", query={}), pool_size=1, max_overflow=0)
+    monkeypatch.setattr(usage_ledger, "_engine", lambda: engine)
+    organization = f"org-{uuid.uuid4().hex[:8]}"
+
+    def call(run_id: str) -> Any:
+        return usage_ledger.Call(organization_id=organization, user_id=None, agent_id=None, run_id=run_id, provider="nowhere",
+                                 model="mock-chat-1", handle="nowhere/mock-chat-1", pool=None, fallback=False, streamed=False)
+
+    async def scenario() -> None:
+        await usage_ledger.record(call("before"), Tokens(prompt=1, completion=1), "ok")
+        async with engine.connect() as conn:  # the pool's one connection, the ledger's too
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        with shared_db.connect() as admin:
+            assert admin.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+        await usage_ledger.record(call("lost"), Tokens(prompt=2, completion=2), "ok")  # must not raise
+        await usage_ledger.record(call("after"), Tokens(prompt=3, completion=3), "ok")
+        await engine.dispose()
+
+    asyncio.run(scenario())
+    with shared_db.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT run_id, prompt_tokens FROM ketta_usage WHERE organization_id = :o"), {"o": organization}).all())
+    assert rows == {"before": 1, "after": 3}, rows

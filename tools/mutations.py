@@ -1328,10 +1328,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "usage-record-in-a-transaction",
         "ketta/usage/ledger.py",
-        "            connection = await session.connection(execution_options=_AUTOCOMMIT)\n            await connection.execute(_RECORD, parameters)\n",
-        "            await session.execute(_RECORD, parameters)\n            await session.commit()\n",
+        "            else:\n                await connection.execute(statement, *values)\n",
+        "            else:\n                async with connection.transaction():\n                    await connection.execute(statement, *values)\n",
         ("tests/test_usage.py::test_a_ledger_row_is_one_statement_without_a_transaction",),
         "A ledger row (with its cost and budget spend) is one statement in autocommit: one round trip, no BEGIN/COMMIT.",
+    ),
+    Mutation(
+        "usage-lost-connection-kept",
+        "ketta/db/engine.py",
+        "            pooled.invalidate()  # outside a greenlet",
+        "            pass  # outside a greenlet",
+        ("tests/test_usage.py::test_the_ledger_writes_on_after_its_connection_is_lost",),
+        "A pooled connection lost under a ledger write leaves the pool: the next call's row is written.",
     ),
     Mutation(
         "ollama-embeddings-without-v1",

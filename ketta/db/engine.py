@@ -15,7 +15,8 @@ import asyncio
 import gc
 import logging
 import uuid
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -73,6 +74,27 @@ def session_factory() -> async_sessionmaker[AsyncSession]:
         made = _engines[id(loop)] = (loop, engine, factory)
         log.debug("database pool: size %s, overflow %s", engine.pool.size(), get_settings().db_max_overflow)
     return made[2]
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine | None = None) -> AsyncIterator[Any]:
+    """A connection of ``engine``'s pool (default: this loop's) as the asyncpg connection itself, for a hot path's single
+    statement that needs no session, ORM or SQLAlchemy compilation (the usage ledger's row).
+
+    Checked out and back in as any other (the pool's checkout check and recycle apply); a
+    statement sent on it outside ``connection.transaction()`` is its own transaction. Lost (or
+    left mid-statement by a cancellation), the connection is dropped from the pool."""
+    from sqlalchemy.util import greenlet_spawn
+
+    pooled = await greenlet_spawn((engine or session_factory().kw["bind"]).sync_engine.raw_connection)
+    try:
+        yield pooled.driver_connection
+    except BaseException as error:
+        if not isinstance(error, Exception) or connection_lost(error):
+            pooled.invalidate()  # outside a greenlet: closed at once, without waiting on the server
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)  # no round trip: nothing to roll back
 
 
 def _release_closed_loops() -> None:
