@@ -67,7 +67,14 @@ os.environ["KETTA_ALLOW_PRIVATE_HOSTS"] = LOOPBACK_ALLOWED
 
 def pytest_configure(config: pytest.Config) -> None:
     """A temp root of this run's own: pytest prunes old numbered temp dirs of *other* runs, and a
-    PostgreSQL whose data directory vanishes mid-run crashes (seen with two pytest runs at once)."""
+    PostgreSQL whose data directory vanishes mid-run crashes (seen with two pytest runs at once).
+
+    Bytecode caches are written even under PYTHONDONTWRITEBYTECODE (``__pycache__`` is gitignored):
+    without them each of the run's ~100 processes (workers, servers, CLIs, Letta's runner) compiles
+    Ketta again and each pytest process rewrites the test modules' asserts again (~4 s of CPU per
+    worker)."""
+    if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+        sys.dont_write_bytecode = False  # this process; its workers, servers and CLIs inherit the environment
     if not config.option.basetemp:
         config.option.basetemp = tempfile.mkdtemp(prefix="ketta-pytest-")
         config._ketta_basetemp = config.option.basetemp  # type: ignore[attr-defined]
