@@ -1,6 +1,11 @@
 """Key rotation end to end: secrets stored through a Ketta server over REST, `ketta keys rotate`,
 refused and accepted starts, and two servers on one database through a rolling rotation.
 
+Both tests read one rolling rotation (the module fixture ``rolling``: four server starts, one
+``ketta keys rotate``), whose database also holds every kind of secret the first test follows:
+a server start costs ~10 s of CPU, and the first test's own two starts checked nothing the
+rolling rotation's do not (its refused start, which stops before Letta is loaded, is its own).
+
 The LLM endpoints are local mocks that accept only their provider's key, so a message that
 succeeds proves the server decrypted the right stored key.
 """
@@ -13,13 +18,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import KettaProcess, clean_env
+from conftest import KettaProcess, clean_env, own_database
 from ketta.security.keyring import cipher, stored
 from ketta.db.database import sync_url
 from mock_openai import MockOpenAI
@@ -67,84 +73,146 @@ def send(api: httpx.Client, agent_id: str, text: str = "hi") -> httpx.Response:
     return api.post(f"/v1/agents/{agent_id}/messages", json={"messages": [{"role": "user", "content": text}]})
 
 
+@pytest.fixture(scope="module")
+def rolling(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[SimpleNamespace]:
+    """Two servers on one database under key A, restarted one by one on keyring [B, A] under load,
+    then the database rotated to B while both serve; yields what the two tests check, both
+    servers still running on [B, A].
+
+    Stored first under A, through s1 over REST: two providers (mocks accepting only their own key),
+    an agent's secret and a sandbox env var (MCP servers, whose tokens are rotated too, cannot be
+    created here: Letta refuses non-public URLs and syncs tools from a public one;
+    tests/test_keyring.py stores them with SQL), and the provider of the load's three agents."""
+    root = tmp_path_factory.mktemp("rolling")
+    started: list[KettaProcess] = []
+
+    def start(name: str, key: str, previous: str = "") -> KettaProcess:
+        env = {"LETTA_PG_URI": db_uri, "KETTA_HOME": str(root / f"home-{name}"), "LETTA_ENCRYPTION_KEY": key}
+        if previous:
+            env["KETTA_PREVIOUS_ENCRYPTION_KEYS"] = previous
+        server = KettaProcess(clean_env(**env), root / f"server{len(started)}-{name}.log")
+        started.append(server)
+        server.wait_healthy(timeout_s=300)  # two servers and a load on a shared machine start slowly
+        return server
+
+    with own_database(pg_uri, "rolling") as db_uri, MockOpenAI(api_key=LLM_KEY_1) as llm, \
+            MockOpenAI(api_key=LLM_KEY_1) as llm1, MockOpenAI(api_key=LLM_KEY_2) as llm2:
+        try:
+            s1, s2 = start("s1", KEY_A), start("s2", KEY_A)
+            api = s1.client()
+            add_provider(api, "first", llm1, LLM_KEY_1)
+            add_provider(api, "second", llm2, LLM_KEY_2)
+            agent1 = add_agent(api, "first", secrets={"AGENT_SECRET": AGENT_SECRET})
+            agent2 = add_agent(api, "second")
+            sandbox = api.post("/v1/sandbox-config/local/default")
+            assert sandbox.status_code == 200, sandbox.text
+            env_var = api.post(f"/v1/sandbox-config/{sandbox.json()['id']}/environment-variable",
+                               json={"key": "SANDBOX_SECRET", "value": SANDBOX_SECRET})
+            assert env_var.status_code == 200, env_var.text
+            first_message = send(api, agent1).status_code
+            add_provider(api, "rolling", llm, LLM_KEY_1)
+            agents = [add_agent(api, "rolling") for _ in range(3)]
+            under_a = enc_values(db_uri)  # every secret, stored under A
+
+            with Load(agents) as load:
+                load.add("s1", s1)
+                load.add("s2", s2)
+                load.wait_for_successes("s1", 1)
+                load.wait_for_successes("s2", 1)
+
+                # s2 restarted on keyring [B, A] while s1 keeps running on [A]: both answer.
+                load.drain("s2")
+                s2.stop()
+                s2 = start("s2", KEY_B, KEY_A)
+                load.add("s2", s2)
+                load.wait_for_successes("s2", 2)
+                load.wait_for_successes("s1", 2)
+
+                # s1 too, then the database is rotated to B while both serve.
+                load.drain("s1")
+                s1.stop()
+                s1 = start("s1", KEY_B, KEY_A)
+                load.add("s1", s1)
+                load.wait_for_successes("s1", 1)
+                started_at = time.monotonic()
+                rotated = keys_cli(db_uri, root / "cli-home", "rotate", "--new-key", KEY_B,
+                                   LETTA_ENCRYPTION_KEY=KEY_B, KETTA_PREVIOUS_ENCRYPTION_KEYS=KEY_A)
+                assert rotated.returncode == 0, rotated.stderr
+                print(f"rotation under load: {time.monotonic() - started_at:.1f}s; {rotated.stdout.strip()}")
+                load.wait_for_successes("s1", 2)
+                load.wait_for_successes("s2", 2)
+            print(f"messages answered: {load.ok}, failed: {len(load.failures)}")
+            yield SimpleNamespace(db_uri=db_uri, s1=s1, s2=s2, servers=started, llm=llm, llm1=llm1, llm2=llm2,
+                                  agent1=agent1, agent2=agent2, sandbox_id=sandbox.json()["id"], first_message=first_message,
+                                  under_a=under_a, rotated=rotated, after=enc_values(db_uri), load=load)
+        finally:
+            for server in started:
+                server.stop()
+
+
 @pytest.mark.slow
 def test_rotation_keeps_every_secret_and_refuses_a_start_with_the_old_key(
-    start_ketta: Callable[..., KettaProcess], database_uri: str, tmp_path: Path
+    rolling: SimpleNamespace, start_ketta: Callable[..., KettaProcess]
 ) -> None:
-    home = tmp_path / "cli-home"
-    with MockOpenAI(api_key=LLM_KEY_1) as llm1, MockOpenAI(api_key=LLM_KEY_2) as llm2:
-        server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_ENCRYPTION_KEY": KEY_A})
-        api = server.client()
-        # Under key A: two providers, an agent's secret, a sandbox env var. (MCP servers, whose
-        # tokens are rotated too, cannot be created here: Letta refuses non-public URLs and
-        # syncs tools from a public one; tests/test_keyring.py stores them with SQL.)
-        add_provider(api, "first", llm1, LLM_KEY_1)
-        add_provider(api, "second", llm2, LLM_KEY_2)
-        agent1 = add_agent(api, "first", secrets={"AGENT_SECRET": AGENT_SECRET})
-        agent2 = add_agent(api, "second")
-        sandbox = api.post("/v1/sandbox-config/local/default")
-        assert sandbox.status_code == 200, sandbox.text
-        env_var = api.post(f"/v1/sandbox-config/{sandbox.json()['id']}/environment-variable",
-                           json={"key": "SANDBOX_SECRET", "value": SANDBOX_SECRET})
-        assert env_var.status_code == 200, env_var.text
-        assert send(api, agent1).status_code == 200
-        server.stop()
+    """Every secret stored under A (through s1 over REST, a message answered) decrypts under B
+    after the rotation and no longer with A; a start with only A is refused; the servers on
+    [B, A] read every secret and send each provider's own key."""
+    assert rolling.first_message == 200
+    before = rolling.under_a
+    originals = decrypted(before, KEY_A)
+    kinds = {(table, column) for table, column, _ in originals}
+    assert {("providers", "api_key_enc"), ("agent_environment_variables", "value_enc"),
+            ("sandbox_environment_variables", "value_enc")} <= kinds
+    assert {LLM_KEY_1, LLM_KEY_2, AGENT_SECRET, SANDBOX_SECRET} <= set(originals.values())
 
-        before = enc_values(database_uri)
-        originals = decrypted(before, KEY_A)
-        kinds = {(table, column) for table, column, _ in originals}
-        assert {("providers", "api_key_enc"), ("agent_environment_variables", "value_enc"),
-                ("sandbox_environment_variables", "value_enc")} <= kinds
-        assert {LLM_KEY_1, LLM_KEY_2, AGENT_SECRET, SANDBOX_SECRET} <= set(originals.values())
+    assert f"re-encrypted {len(before)} stored values" in rolling.rotated.stdout
 
-        rotated = keys_cli(database_uri, home, "rotate", "--new-key", KEY_B, LETTA_ENCRYPTION_KEY=KEY_A)
-        assert rotated.returncode == 0, rotated.stderr
-        assert f"re-encrypted {len(before)} stored values" in rotated.stdout
+    # Every value decrypts under B to what it was; none is still readable with A.
+    after = rolling.after
+    assert after.keys() == before.keys()
+    assert decrypted(after, KEY_B) == originals
+    for value in after.values():
+        with pytest.raises(ValueError):
+            cipher.decrypt(value, KEY_A)
 
-        # Every value decrypts under B to what it was; none is still readable with A.
-        after = enc_values(database_uri)
-        assert after.keys() == before.keys()
-        assert decrypted(after, KEY_B) == originals
-        for value in after.values():
-            with pytest.raises(ValueError):
-                cipher.decrypt(value, KEY_A)
+    # A start with only A is refused, in one line, before Letta is even loaded.
+    refused = start_ketta(env={"LETTA_PG_URI": rolling.db_uri, "LETTA_ENCRYPTION_KEY": KEY_A, "KETTA_LOG_LEVEL": "info"},
+                          wait=False)
+    assert refused.proc.wait(timeout=120) == 1
+    output = refused.log_text()
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "cannot decrypt this database's stored secrets" in errors[0] and "LETTA_ENCRYPTION_KEY" in errors[0]
+    assert "Ketta applied" not in output and KEY_A not in output and KEY_B not in output
+    assert "Encryption key:" not in output  # refused before the line an accepted start logs
 
-        # A start with only A is refused, in one line, before Letta is even loaded.
-        refused = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_ENCRYPTION_KEY": KEY_A, "KETTA_LOG_LEVEL": "info"},
-                              wait=False)
-        assert refused.proc.wait(timeout=120) == 1
-        output = refused.log_text()
-        errors = [line for line in output.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, output
-        assert "cannot decrypt this database's stored secrets" in errors[0] and "LETTA_ENCRYPTION_KEY" in errors[0]
-        assert "Ketta applied" not in output and KEY_A not in output and KEY_B not in output
-        assert "Encryption key:" not in output  # refused before the line an accepted start logs
-
-        # A start with B (keyring B, A) works, and each agent's call carries its provider's key.
-        server = start_ketta(env={"LETTA_PG_URI": database_uri, "LETTA_ENCRYPTION_KEY": KEY_B,
-                                  "KETTA_PREVIOUS_ENCRYPTION_KEYS": KEY_A})
-        api = server.client()
-        block = f"key:      LETTA_ENCRYPTION_KEY + 1 previous (key id {cipher.fingerprint(KEY_B)}); a database backup cannot be read"
-        assert block in server.log_text()
-        llm1.clear(), llm2.clear()
-        assert send(api, agent1).status_code == 200
-        assert send(api, agent2).status_code == 200
-        assert [r.api_key for r in llm1.chat_requests()] == [LLM_KEY_1]
-        assert [r.api_key for r in llm2.chat_requests()] == [LLM_KEY_2]
-        secrets = api.get(f"/v1/agents/{agent1}").json()["secrets"]
-        assert [(s["key"], s["value"]) for s in secrets] == [("AGENT_SECRET", AGENT_SECRET)]
-        env_vars = api.get(f"/v1/sandbox-config/{sandbox.json()['id']}/environment-variable").json()
-        assert [(v["key"], v["value"]) for v in env_vars] == [("SANDBOX_SECRET", SANDBOX_SECRET)]
-        assert KEY_A not in server.log_text() and KEY_B not in server.log_text()
+    # A start with B (keyring B, A) works, and each agent's call carries its provider's key.
+    server = rolling.s1
+    api = server.client()
+    block = f"key:      LETTA_ENCRYPTION_KEY + 1 previous (key id {cipher.fingerprint(KEY_B)}); a database backup cannot be read"
+    assert block in server.log_text()
+    llm1, llm2 = rolling.llm1, rolling.llm2
+    llm1.clear(), llm2.clear()
+    assert send(api, rolling.agent1).status_code == 200
+    assert send(api, rolling.agent2).status_code == 200
+    assert [r.api_key for r in llm1.chat_requests()] == [LLM_KEY_1]
+    assert [r.api_key for r in llm2.chat_requests()] == [LLM_KEY_2]
+    secrets = api.get(f"/v1/agents/{rolling.agent1}").json()["secrets"]
+    assert [(s["key"], s["value"]) for s in secrets] == [("AGENT_SECRET", AGENT_SECRET)]
+    env_vars = api.get(f"/v1/sandbox-config/{rolling.sandbox_id}/environment-variable").json()
+    assert [(v["key"], v["value"]) for v in env_vars] == [("SANDBOX_SECRET", SANDBOX_SECRET)]
+    for each in rolling.servers:
+        assert KEY_A not in each.log_text() and KEY_B not in each.log_text()
 
 
 class Load:
     """A few client threads sending messages to whichever servers are in rotation, like a load
     balancer that drains a replica before it is restarted; every failure is recorded."""
 
-    def __init__(self, agents: list[str], threads: int = 3, pause_s: float = 1.0):
+    def __init__(self, agents: list[str], threads: int = 3, pause_s: float = 2.0):
         """``pause_s`` between a thread's requests: requests stay in flight through every restart and
-        the rotation, without the load taking the machine's CPU from the servers starting beside it."""
+        the rotation (three threads: about one request a second), without the load taking the
+        machine's CPU from the servers starting beside it (at 1 s, ~100 messages a run, ~12 s of CPU)."""
         self.agents = agents
         self.live: dict[str, KettaProcess] = {}
         self.in_flight: dict[str, int] = {}
@@ -216,52 +284,12 @@ class Load:
 
 
 @pytest.mark.slow
-def test_rolling_rotation_of_two_servers_on_one_database_under_load(
-    start_ketta: Callable[..., KettaProcess], database_uri: str, tmp_path: Path
-) -> None:
-    def start(name: str, key: str, previous: str = "") -> KettaProcess:
-        env = {"LETTA_PG_URI": database_uri, "KETTA_HOME": str(tmp_path / f"home-{name}"), "LETTA_ENCRYPTION_KEY": key}
-        if previous:
-            env["KETTA_PREVIOUS_ENCRYPTION_KEYS"] = previous
-        server = start_ketta(env=env, wait=False)
-        server.wait_healthy(timeout_s=300)  # two servers and a load on a shared machine start slowly
-        return server
-
-    with MockOpenAI(api_key=LLM_KEY_1) as llm:
-        s1, s2 = start("s1", KEY_A), start("s2", KEY_A)
-        api = s1.client()
-        add_provider(api, "rolling", llm, LLM_KEY_1)
-        agents = [add_agent(api, "rolling") for _ in range(3)]
-
-        with Load(agents) as load:
-            load.add("s1", s1)
-            load.add("s2", s2)
-            load.wait_for_successes("s1", 1)
-            load.wait_for_successes("s2", 1)
-
-            # s2 restarted on keyring [B, A] while s1 keeps running on [A]: both answer.
-            load.drain("s2")
-            s2.stop()
-            s2 = start("s2", KEY_B, KEY_A)
-            load.add("s2", s2)
-            load.wait_for_successes("s2", 2)
-            load.wait_for_successes("s1", 2)
-
-            # s1 too, then the database is rotated to B while both serve.
-            load.drain("s1")
-            s1.stop()
-            s1 = start("s1", KEY_B, KEY_A)
-            load.add("s1", s1)
-            load.wait_for_successes("s1", 1)
-            started = time.monotonic()
-            rotated = keys_cli(database_uri, tmp_path / "cli-home", "rotate", "--new-key", KEY_B,
-                               LETTA_ENCRYPTION_KEY=KEY_B, KETTA_PREVIOUS_ENCRYPTION_KEYS=KEY_A)
-            assert rotated.returncode == 0, rotated.stderr
-            print(f"rotation under load: {time.monotonic() - started:.1f}s; {rotated.stdout.strip()}")
-            load.wait_for_successes("s1", 2)
-            load.wait_for_successes("s2", 2)
-
-        assert load.failures == []
-        assert all(r.api_key == LLM_KEY_1 for r in llm.chat_requests())
-        assert set(decrypted(enc_values(database_uri), KEY_B).values()) == {LLM_KEY_1}
-        print(f"messages answered: {load.ok}, failed: {len(load.failures)}")
+def test_rolling_rotation_of_two_servers_on_one_database_under_load(rolling: SimpleNamespace) -> None:
+    """s1 and s2 on key A under a load of messages; s2 restarted on [B, A] while s1 serves on A, then
+    s1; the database rotated to B while both serve (the fixture waits for answers from each server
+    at every step): no request failed, every call carried the provider's key, every stored value is under B."""
+    assert rolling.rotated.returncode == 0, rolling.rotated.stderr
+    assert rolling.load.failures == []
+    assert rolling.load.ok.get("s1", 0) >= 5 and rolling.load.ok.get("s2", 0) >= 5, rolling.load.ok
+    assert all(r.api_key == LLM_KEY_1 for r in rolling.llm.chat_requests())
+    assert set(decrypted(rolling.after, KEY_B).values()) == {LLM_KEY_1, LLM_KEY_2, AGENT_SECRET, SANDBOX_SECRET}
