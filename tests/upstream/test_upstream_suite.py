@@ -147,16 +147,23 @@ def test_every_declared_difference_names_a_patch_and_every_regression_an_issue()
 
 
 def test_ketta_patches_shows_the_upstream_tests_of_each_patch() -> None:
-    """`ketta patches` reads the committed record; `ketta patches tests TARGET` lists them with a rerun command."""
+    """`ketta patches` reads the committed record; `ketta patches tests TARGET` lists them with a rerun command.
+    In-process (typer's CliRunner): the commands' output is what is checked, not their import."""
+    from typer.testing import CliRunner
+
+    from ketta.cli import app
+
     covered = letta_modifications.upstream_tests()
     target = "letta.services.provider_manager:ProviderManager.create_provider_async"
     assert covered[target], "the record has no upstream test for create_provider_async"
-    listing = subprocess.run([sys.executable, "-m", "ketta", "patches"], capture_output=True, text=True, check=True).stdout
-    block = listing.split(target, 1)[1].split("\n", 3)[2]
+    listing = CliRunner().invoke(app, ["patches"])
+    assert listing.exit_code == 0, listing.output
+    block = listing.stdout.split(target, 1)[1].split("\n", 3)[2]
     assert block.strip().startswith(f"Letta's tests: {len(covered[target])} (")
     assert "test_server_providers.py" in block
-    detail = subprocess.run([sys.executable, "-m", "ketta", "patches", "tests", target], capture_output=True, text=True, check=True).stdout
-    assert all(f"  {nodeid}\n" in detail for nodeid in covered[target])
-    assert "rerun: python tests/upstream/run.py --files " in detail
-    unknown = subprocess.run([sys.executable, "-m", "ketta", "patches", "tests", "letta.nowhere:X"], capture_output=True, text=True)
-    assert unknown.returncode == 1 and "not a declared patch target" in unknown.stderr
+    detail = CliRunner().invoke(app, ["patches", "tests", target])
+    assert detail.exit_code == 0, detail.output
+    assert all(f"  {nodeid}\n" in detail.stdout for nodeid in covered[target])
+    assert "rerun: python tests/upstream/run.py --files " in detail.stdout
+    unknown = CliRunner().invoke(app, ["patches", "tests", "letta.nowhere:X"])
+    assert unknown.exit_code == 1 and "not a declared patch target" in unknown.stderr
