@@ -1,13 +1,18 @@
-"""Settings gate the patches; env vars configure nothing at start-up; keys stay secret.
+"""Settings gate the patches; env vars configure nothing at start-up; keys stay secret; commands
+run beside a running server.
 
-The two tests about default settings share one server (a module fixture); the switches test uses
-the suite's switches-off server (``switches_off_server``, shared with tests/test_provider_pools.py);
-the others start servers of their own (each needs its own environment).
+The three tests about default settings share one server (a module fixture) on its embedded
+PostgreSQL, the default; the switches test uses the suite's switches-off server
+(``switches_off_server``, shared with tests/test_provider_pools.py); the stock-settings test starts
+a server of its own (it needs its own environment).
 """
 
 from __future__ import annotations
 
+import re
 import stat
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -15,8 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conftest import KettaProcess, RecordingProxy, clean_env, own_database
-from ketta.db.database import sync_url
+from conftest import KettaProcess, RecordingProxy, clean_env
+from ketta.db.database import EmbeddedPostgres, sync_url
 from mock_openai import MockOpenAI
 from test_cli_database import run_in_process
 
@@ -33,19 +38,23 @@ def rows(db_uri: str, query: str, **params) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[SimpleNamespace]:
-    """One server on default settings for the two tests about them, with an OpenAI key in its env
-    (whose mock must see no call) and HTTP(S) through a proxy that records what would leave the machine."""
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """One server on default settings for the tests about them: its embedded PostgreSQL (no
+    LETTA_PG_URI), an OpenAI key in its env (whose mock must see no call) and HTTP(S) through a
+    proxy that records what would leave the machine; ``cli_llm``: the OpenAI endpoint of the
+    commands run beside it (import-env reads the provider's models there)."""
     proxy = RecordingProxy()
     home = tmp_path_factory.mktemp("default-home")
     try:
-        with MockOpenAI(api_key=SECRET) as llm, own_database(pg_uri, "defaults") as db_uri:
-            env = {"LETTA_PG_URI": db_uri, "KETTA_HOME": str(home / "home"), "OPENAI_API_KEY": SECRET,
+        with MockOpenAI(api_key=SECRET) as llm, MockOpenAI(api_key=SECRET) as cli_llm:
+            env = {"KETTA_HOME": str(home / "home"), "OPENAI_API_KEY": SECRET,
                    "OPENAI_API_BASE": llm.base_url, "KETTA_LOG_LEVEL": "info", **proxy.env()}
             server = KettaProcess(clean_env(**env), home / "server.log")
             try:
                 server.wait_healthy()
-                yield SimpleNamespace(server=server, llm=llm, proxy=proxy, env=env, db_uri=db_uri, home=home / "home")
+                db_uri = EmbeddedPostgres(home=home / "home").running_uri()  # as the server's lock file records it
+                assert db_uri, "the server runs its embedded PostgreSQL"
+                yield SimpleNamespace(server=server, llm=llm, cli_llm=cli_llm, proxy=proxy, env=env, db_uri=db_uri, home=home / "home")
             finally:
                 server.stop()
     finally:
@@ -53,14 +62,14 @@ def default_server(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Ite
 
 
 def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(default_server: SimpleNamespace) -> None:
-    server, llm, home, database_uri, env = (default_server.server, default_server.llm, default_server.home,
-                                            default_server.db_uri, default_server.env)
+    server, llm, home, database_uri = default_server.server, default_server.llm, default_server.home, default_server.db_uri
     api = server.client()
 
     # No base providers: nothing synced from OPENAI_API_KEY, no call to its API (the module's other
-    # test may have made the provider 'offline' by then).
-    assert rows(database_uri, "SELECT name FROM providers WHERE name <> 'offline'") == []
-    assert [p["name"] for p in api.get("/v1/providers/").json() if p["name"] != "offline"] == []
+    # tests may have made the provider 'offline', and 'openai' with `ketta providers import-env`, by then).
+    made_by_others = "name <> 'offline' AND NOT (name = 'openai' AND provider_category = 'byok' AND organization_id IS NOT NULL)"
+    assert rows(database_uri, f"SELECT name FROM providers WHERE {made_by_others}") == []
+    assert [p["name"] for p in api.get("/v1/providers/").json() if p["name"] not in ("offline", "openai")] == []
     assert llm.requests == []
 
     # Encryption at rest by default: a key made once under KETTA_HOME, mode 0600.
@@ -78,15 +87,35 @@ def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(default_serv
         assert SECRET not in api.get(path).text
     assert SECRET not in server.log_text()
 
-    # `ketta providers import-env` creates the env providers once, idempotently (beside the server):
-    # both runs in one fresh interpreter (typer's CliRunner), so Letta is imported once, not twice.
-    cli = run_in_process([["providers", "import-env"], ["providers", "import-env"]], **env)
+    assert SECRET not in server.log_text()
+
+
+def test_db_current_and_import_env_beside_a_running_embedded_server(default_server: SimpleNamespace) -> None:
+    """`ketta db current` and `ketta providers import-env` find the running server's embedded
+    PostgreSQL (through its lock file under KETTA_HOME); import-env creates the env providers once,
+    idempotently, printing no key. Its two runs share one fresh interpreter (typer's CliRunner), so
+    Letta is imported once, not twice."""
+    server, home, env = default_server.server, default_server.home, default_server.env
+    current = subprocess.run([sys.executable, "-m", "ketta", "db", "current"], env=clean_env(**env), cwd=home.parent,
+                             capture_output=True, text=True, timeout=120)  # answers without importing Letta
+    assert current.returncode == 0, current.stderr
+    assert re.fullmatch(r"\d{4}_\w+", current.stdout.strip()), current.stdout
+    # The commands' own endpoint: the server's mock must see no call (the module's first test).
+    cli = run_in_process([["providers", "import-env"], ["providers", "import-env"]],
+                         **{**env, "OPENAI_API_BASE": default_server.cli_llm.base_url, "CWD": str(home.parent)})
     first, second = cli["runs"]
     assert first["code"] == 0 and first["error"] is None, first
     assert "openai: created" in first["output"]
+    # One line per provider, no log noise: at the server's info level (KETTA_LOG_LEVEL, which also shows
+    # more of what could print a key), every other line is an INFO record, none a warning or an error.
+    said = [line for line in first["output"].strip().splitlines() if not re.match(r"INFO [\w.]+: ", line)]
+    assert said == ["openai: created"], "one line per provider, no log noise: " + first["output"]
     assert second["code"] == 0 and "openai: exists, left as is" in second["output"], second
-    imported = rows(database_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
+    imported = rows(default_server.db_uri, "SELECT organization_id, provider_category FROM providers WHERE name = 'openai'")
     assert imported == [{"organization_id": "org-00000000-0000-4000-8000-000000000000", "provider_category": "byok"}]
+    with server.client() as api:
+        assert "openai" in [p["name"] for p in api.get("/v1/providers/").json()], "the running server sees it at once"
+    assert (home / "pgdata" / "postmaster.pid").exists(), "the server's PostgreSQL still runs"
     # never printed: not by the commands (stdout and stderr), nor by anything writing to the process's own
     assert SECRET not in first["output"] + second["output"] + cli["process_output"]
     assert SECRET not in server.log_text()

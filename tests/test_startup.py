@@ -1,4 +1,6 @@
-"""A quiet, useful start: one short block plus uvicorn's lines; a fast ``--help``; commands beside a server."""
+"""A quiet, useful start: one short block plus uvicorn's lines; a fast ``--help``.
+
+(Commands beside a running embedded server: tests/test_settings_and_env.py, on its default-settings server.)"""
 
 from __future__ import annotations
 
@@ -7,14 +9,9 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
-import pytest
-
 from conftest import REPO, KettaProcess, clean_env
-from mock_openai import MockOpenAI
 
 
 def start_lines(server: KettaProcess) -> list[str]:
@@ -59,24 +56,3 @@ def test_help_answers_fast_and_flags_read_as_flags() -> None:
     imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "ketta", "--help"], env=clean_env(), cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert not re.search(r"\|\s+letta(\.|$)", imported.stderr, re.M), "--help does not import Letta"
-
-
-@pytest.mark.slow
-def test_db_current_and_import_env_beside_a_running_embedded_server(start_ketta: Callable[..., KettaProcess], tmp_path: Path) -> None:
-    server = start_ketta()  # embedded PostgreSQL under tmp_path/home
-    home = str(tmp_path / "home")
-    result = subprocess.run([sys.executable, "-m", "ketta", "db", "current"], env=clean_env(KETTA_HOME=home),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"\d{4}_\w+", result.stdout.strip()), result.stdout
-
-    with MockOpenAI(api_key="sk-beside") as llm:
-        env = clean_env(KETTA_HOME=home, OPENAI_API_KEY="sk-beside", OPENAI_API_BASE=llm.base_url, KETTA_ALLOW_PRIVATE_HOSTS="127.0.0.1")
-        imported = subprocess.run([sys.executable, "-m", "ketta", "providers", "import-env"], env=env, cwd=tmp_path,
-                                  capture_output=True, text=True, timeout=300)
-    assert imported.returncode == 0, imported.stdout[-2000:] + imported.stderr[-2000:]
-    assert "openai: created" in imported.stdout
-    assert len(imported.stdout.strip().splitlines()) == 1, "one line per provider, no log noise: " + imported.stdout + imported.stderr
-    with server.client() as api:
-        assert "openai" in [p["name"] for p in api.get("/v1/providers/").json()], "the running server sees it at once"
-    assert (tmp_path / "home" / "pgdata" / "postmaster.pid").exists(), "the server's PostgreSQL still runs"
