@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reset-every", type=int, default=0,
                         help="reset both agents' messages (untimed) every N rounds: each message then loads a context of "
                              "the same size all run long, instead of one that grows (default 0: never)")
+    parser.add_argument("--control", action="store_true",
+                        help="both servers with the ledger off (an A/A run): the difference two server processes show "
+                             "without any ledger, the bench's own offset")
     args = parser.parse_args(argv)
 
     from ketta.db import migrations
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with MockOpenAI(chat_models=(CHAT_MODEL,), api_key=PROVIDER_KEY) as llm:
             sessions: dict[str, Session] = {}
-            for name, setting in (("on", "true"), ("off", "false")):
+            for name, setting in (("on", "false" if args.control else "true"), ("off", "false")):
                 home = work / f"{name}-home"
                 home.mkdir()
                 port = free_port()
@@ -325,10 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = conn.execute(sa.text("SELECT count(*) FROM ketta_usage WHERE status = 'ok' AND prompt_tokens IS NOT NULL")).scalar()
         engine.dispose()
         on, off = figures["on"], figures["off"]
-        if args.direct:
+        if args.direct and not args.control:  # the recording needs a row of the ledger server
             print("\n".join(direct(admin, uris["on"], "usage_on", args.direct)))
         if args.rounds < 2:
             return 0
+        if args.control:
+            print("CONTROL RUN: both servers have the ledger off; 'on' is the server started first, as in a real run")
         print(f"{args.rounds} rounds of {args.block} messages per server ({args.warmup} warm-up rounds), "
               f"{time.monotonic() - started:.0f} s; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
               f"ledger rows with tokens: {rows} (LLM calls of {(args.warmup + args.rounds) * args.block} messages)")
