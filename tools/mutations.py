@@ -1320,8 +1320,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "usage-embedding-budget-unchecked",
         "ketta/usage/ledger.py",
-        "        call.provider_type = getattr(endpoint_type, \"value\", endpoint_type)\n        if call.organization_id:",
-        "        call.provider_type = getattr(endpoint_type, \"value\", endpoint_type)\n        if False:",
+        "        call.provider_type = getattr(endpoint_type, \"value\", endpoint_type)\n        await _refuse_over_budget(call)\n",
+        "        call.provider_type = getattr(endpoint_type, \"value\", endpoint_type)\n",
         ("tests/test_usage.py::test_a_spent_hard_budget_refuses_embeddings_before_the_provider",),
         "A spent hard budget refuses an embedding request before it reaches the provider.",
     ),
