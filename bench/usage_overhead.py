@@ -111,22 +111,12 @@ _sessions: list = []  # the bench's session factory (direct)
 async def _record_in_a_session(call, tokens, status, error_class=None) -> None:
     """The recording as written before 2026-12-04 11:00: the same parameters and statement, run
     through a SQLAlchemy session's connection in autocommit (for the --direct comparison)."""
-    from decimal import Decimal
-
-    from ketta.usage import ledger as usage_ledger, prices
+    from ketta.usage import ledger as usage_ledger
 
     if call.done:
         return
     call.done = True
-    catalog: Decimal | None = prices.catalog_cost(call.provider_type, call.base_url, call.model, tokens)
-    parameters = {
-        **call.budget_parameters(), "run": call.run_id, "provider_type": call.provider_type, "model": call.model,
-        "handle": call.handle, "fallback": call.fallback, "streamed": call.streamed,
-        "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
-        "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
-        "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
-        "kind": call.kind, "pool": call.pool,
-    }
+    parameters = usage_ledger.row_parameters(call, tokens, status, error_class)
     async with _sessions[-1]() as session:
         connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         await connection.execute(usage_ledger._RECORD, parameters)

@@ -148,6 +148,21 @@ def _driver_statement() -> tuple[str, tuple[str, ...]]:
     return compiled.string, tuple(compiled.positiontup or ())
 
 
+def row_parameters(call: Call, tokens: Tokens, status: str, error_class: str | None = None) -> dict[str, Any]:
+    """``_RECORD``'s parameters for one attempt: who and what it was, its tokens and catalog cost."""
+    catalog: Decimal | None = prices.catalog_cost(call.provider_type, call.base_url, call.model, tokens)
+    parameters = {
+        **call.budget_parameters(), "run": call.run_id, "provider_type": call.provider_type, "model": call.model,
+        "handle": call.handle, "fallback": call.fallback, "streamed": call.streamed,
+        "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
+        "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
+        "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
+        "kind": call.kind,
+    }
+    parameters["pool"] = call.pool  # the row's pool column (budgets match on pool_match)
+    return parameters
+
+
 async def record(call: Call, tokens: Tokens, status: str, error_class: str | None = None) -> None:
     """Write the attempt's row and raise its budgets' spend (once per attempt; never raises).
 
@@ -160,16 +175,7 @@ async def record(call: Call, tokens: Tokens, status: str, error_class: str | Non
         return
     call.done = True
     try:
-        catalog: Decimal | None = prices.catalog_cost(call.provider_type, call.base_url, call.model, tokens)
-        parameters = {
-            **call.budget_parameters(), "run": call.run_id, "provider_type": call.provider_type, "model": call.model,
-            "handle": call.handle, "fallback": call.fallback, "streamed": call.streamed,
-            "prompt": tokens.prompt, "completion": tokens.completion, "cached": tokens.cached_input,
-            "cache_write": tokens.cache_write, "reasoning": tokens.reasoning, "reported": tokens.reported, "catalog": catalog,
-            "status": status, "error_class": error_class, "duration_ms": int((time.perf_counter() - call.started) * 1000),
-            "kind": call.kind,
-        }
-        parameters["pool"] = call.pool  # the row's pool column (budgets match on pool_match)
+        parameters = row_parameters(call, tokens, status, error_class)
         statement, names = _driver_statement()
         values = [parameters[name] for name in names]
         from ketta.core.settings import get_settings
