@@ -152,7 +152,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/core/offline.py",
         '    "ORT_DISABLE_TELEMETRY": "1",',
         '    "ORT_DISABLE_TELEMETRY": "0",',
-        ("tests/test_settings_and_env.py::test_default_start_downloads_nothing",),
+        ("tests/test_offline.py::test_every_opt_out_is_set_and_an_operator_s_own_value_is_kept",),
         "onnxruntime's telemetry never leaves the machine.",
     ),
     Mutation(
