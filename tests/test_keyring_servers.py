@@ -120,19 +120,21 @@ def rolling(tmp_path_factory: pytest.TempPathFactory, pg_uri: str) -> Iterator[S
                 load.wait_for_successes("s1", 1)
                 load.wait_for_successes("s2", 1)
 
+                def restart_on_keyring_b_a(name: str, old: KettaProcess) -> KettaProcess:
+                    """``old`` out of the load, stopped, started again on keyring [B, A], back in the load."""
+                    load.drain(name)
+                    old.stop()
+                    server = start(name, KEY_B, KEY_A)
+                    load.add(name, server)
+                    return server
+
                 # s2 restarted on keyring [B, A] while s1 keeps running on [A]: both answer.
-                load.drain("s2")
-                s2.stop()
-                s2 = start("s2", KEY_B, KEY_A)
-                load.add("s2", s2)
+                s2 = restart_on_keyring_b_a("s2", s2)
                 load.wait_for_successes("s2", 2)
                 load.wait_for_successes("s1", 2)
 
                 # s1 too, then the database is rotated to B while both serve.
-                load.drain("s1")
-                s1.stop()
-                s1 = start("s1", KEY_B, KEY_A)
-                load.add("s1", s1)
+                s1 = restart_on_keyring_b_a("s1", s1)
                 load.wait_for_successes("s1", 1)
                 started_at = time.monotonic()
                 rotated = keys_cli(db_uri, root / "cli-home", "rotate", "--new-key", KEY_B,
