@@ -305,3 +305,24 @@ def test_env_key_that_cannot_read_the_database_while_the_key_file_can_is_refused
     monkeypatch.setenv("LETTA_ENCRYPTION_KEY", KEY_B)
     keys = key_files.load_keyring(KettaSettings(home=tmp_path, previous_encryption_keys=KEY_A))
     assert check.verify(uri, keys).value == KEY_A
+
+
+def test_workers_starting_at_once_on_a_new_home_end_up_with_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of ``uvicorn --factory`` start on a new KETTA_HOME at once: each makes a key when it
+    finds none. The one that comes second must take the first one's key file (the database's check
+    value may already be written with it), never replace it with its own."""
+    monkeypatch.delenv("LETTA_ENCRYPTION_KEY", raising=False)
+    settings = KettaSettings(home=tmp_path)
+    key_file = tmp_path / "encryption_key"
+    ours = cipher.generate_key()
+
+    def another_worker_wrote_first() -> str:  # between this worker's "no key file" and its write
+        key_files.write_key_file(key_file, KEY_A)
+        return ours
+
+    monkeypatch.setattr(key_files, "generate_key", another_worker_wrote_first)
+    keys = key_files.load_keyring(settings)
+    assert keys.values() == [KEY_A]
+    assert key_file.read_text().strip() == KEY_A
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encryption_key"]  # no temporary file left

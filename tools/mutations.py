@@ -1399,6 +1399,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Each caller of a value computed once gets its own copy: changing it changes nobody else's.",
     ),
     Mutation(
+        "key-file-made-twice",
+        "ketta/security/keyring/key_files.py",
+        "        os.link(tmp, path)  # atomic, and fails if the name exists",
+        "        os.replace(tmp, path)",
+        ("tests/test_keyring.py::test_workers_starting_at_once_on_a_new_home_end_up_with_one_key",),
+        "Workers starting at once on a new KETTA_HOME share the first one's key file; none replaces it with its own.",
+    ),
+    Mutation(
         "heap-collector-left-paused",
         "ketta/core/heap.py",
         "        gc.enable()",

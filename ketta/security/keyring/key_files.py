@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -85,17 +86,36 @@ def _read_key_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def write_key_file(path: Path, key: str) -> None:
-    """Write a key file readable by its owner only (mode 0600 from its creation)."""
+def _written_beside(path: Path, key: str) -> Path:
+    """A new file beside ``path`` holding ``key``, readable by its owner only (mode 0600 from its
+    creation), named for this process alone (another process may be writing the same key file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_key_file(path: Path, key: str) -> None:
+    """Write (or replace) a key file readable by its owner only."""
+    os.replace(_written_beside(path, key), path)
+
+
+def create_key_file(path: Path, key: str) -> bool:
+    """Write a key file only if none exists; False if another process made it first (workers of
+    ``uvicorn --factory`` start on a new KETTA_HOME at once: each must end up with the same key,
+    never one replacing the key another has already written the database's check value with)."""
+    tmp = _written_beside(path, key)
+    try:
+        os.link(tmp, path)  # atomic, and fails if the name exists
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def old_key_files(home: Path) -> list[Path]:
@@ -119,8 +139,8 @@ def load_keyring(settings: KettaSettings, *, create: bool = True) -> Keyring:
         if not key_file.exists():
             if not create:
                 raise KeyringError(f"No encryption key: {ENV_KEY} is not set and {key_file} does not exist.")
-            write_key_file(key_file, generate_key())
-            log.info("Made a new encryption key in %s", key_file)
+            if create_key_file(key_file, generate_key()):
+                log.info("Made a new encryption key in %s", key_file)
         candidates.append(Key(_read_key_file(key_file), str(key_file)))
     previous = settings.previous_encryption_keys.get_secret_value()
     for index, value in enumerate(v.strip() for v in previous.split(",")):
