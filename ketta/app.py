@@ -70,7 +70,7 @@ def prepare(settings: KettaSettings | None = None, attach: bool = False) -> str:
         keyring_check.verify(uri, keys)  # before Letta's slow import: a wrong key is refused in one line
     key_info = f"{keys.describe()} (key id {keys.current.id})"
     log.info("Encryption key: %s. A database backup cannot be read without it: keep a copy (`ketta keys export`).", key_info)
-    with heap.collector_paused_then_frozen(settings.freeze_heap_at_start):  # a no-op inside create_app's pause
+    with heap.collector_paused_then_frozen(settings.freeze_heap_at_start):
         applied = letta_modifications.apply_all(settings)  # imports most of Letta
     logging_setup.configure(settings.log_level, log_format=settings.log_format)  # again: importing Letta installed its logging config
     log.info("Ketta applied %d patches", len(applied))
@@ -119,12 +119,12 @@ def _import_letta_app(server_token: str | None) -> FastAPI:
     set_here = server_token is not None and not before
     if set_here:
         os.environ["LETTA_SERVER_PASSWORD"] = server_token
-    from ketta.core import home
+    from ketta.core import heap, home
 
     sys.argv.append(_NO_OPENAPI_AT_IMPORT)
     try:
-        with home.letta_cwd(get_settings()):
-            from letta.server.rest_api.app import app
+        with home.letta_cwd(get_settings()), heap.collector_paused_then_frozen(get_settings().freeze_heap_at_start):
+            from letta.server.rest_api.app import app  # the rest of Letta: its routers and app
     finally:
         sys.argv.remove(_NO_OPENAPI_AT_IMPORT)
         if set_here:
@@ -189,70 +189,60 @@ def create_app() -> FastAPI:
     """Ketta's ASGI app: Letta's REST API with every Ketta patch applied before the first request."""
     global _app
     if _app is None:
-        from ketta.core import heap
-        from ketta.core.settings import load_environment
+        prepare()
+        from ketta.core import logging_setup
 
-        load_environment()
-        with heap.collector_paused_then_frozen(get_settings().freeze_heap_at_start):
-            _app = _build_app()
+        logging_setup.configure(get_settings().log_level, quiet_stdout=True, log_format=get_settings().log_format)
+        app = _import_letta_app(_server_token)
+        from ketta.core import patching
+
+        patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
+        from ketta.core import console
+
+        console.register_app(app)  # which logged exceptions are client errors (one console line each)
+        from ketta.api.closed_routes import drop_letta_proxy_routes
+
+        drop_letta_proxy_routes(app)  # they forward the caller's token and the operator's env key upstream
+
+        from ketta.security import auth, cors, user_tokens
+        from ketta.security.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
+
+        app.add_middleware(ProviderSecretsFilter)
+        if get_settings().unified_providers:
+            from ketta.providers import model_listing
+
+            model_listing.install(app)  # GET /v1/models/ lists embedding models too (Klui's pickers)
+        if get_settings().provider_health:
+            from ketta.api.provider_health import router as health_router
+
+            app.include_router(health_router)
+        if get_settings().provider_pools and get_settings().llm_routing:
+            from ketta.api.pools import router as pools_router
+
+            app.include_router(pools_router)
+        if get_settings().usage_ledger:
+            from ketta.api import usage as usage_api
+
+            usage_api.install(app)  # GET /v1/usage/, /v1/ketta/budgets, /v1/ketta/prices; a spent budget answers 429
+        install_response_scrubbing(app)
+        install_log_scrubbing()
+        from ketta.api import user_tokens as user_tokens_api
+
+        user_tokens_api.mount(app)
+        _secrets_out_of_environment(app_module_settings=get_settings())
+        _operator_keys_out_of_letta(app_module_settings=get_settings())
+        if _server_token is not None:
+            if get_settings().web_app_dir:
+                from ketta.api import web_login
+
+                web_login.install(app, _server_token, get_settings().web_app_dir, user_tokens.resolve,
+                                  int(get_settings().web_session_hours * 3600))
+            auth.install(app, _server_token, user_tokens.resolve)
+        if get_settings().cancel_on_disconnect:
+            from ketta.api.disconnect import CancelOnDisconnect
+
+            app.add_middleware(CancelOnDisconnect)
+        app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
+        cors.outermost(app)  # last: preflights pass before any login middleware added above
+        _app = app
     return _app
-
-
-def _build_app() -> FastAPI:
-    """Letta's app with Ketta's routes, middleware and lifespan (see :func:`create_app`)."""
-    prepare()
-    from ketta.core import logging_setup
-
-    logging_setup.configure(get_settings().log_level, quiet_stdout=True, log_format=get_settings().log_format)
-    app = _import_letta_app(_server_token)
-    from ketta.core import patching
-
-    patching.install_exception_handlers(app)  # handlers Letta defines inside create_application
-    from ketta.core import console
-
-    console.register_app(app)  # which logged exceptions are client errors (one console line each)
-    from ketta.api.closed_routes import drop_letta_proxy_routes
-
-    drop_letta_proxy_routes(app)  # they forward the caller's token and the operator's env key upstream
-
-    from ketta.security import auth, cors, user_tokens
-    from ketta.security.redaction import ProviderSecretsFilter, install_log_scrubbing, install_response_scrubbing
-
-    app.add_middleware(ProviderSecretsFilter)
-    if get_settings().unified_providers:
-        from ketta.providers import model_listing
-
-        model_listing.install(app)  # GET /v1/models/ lists embedding models too (Klui's pickers)
-    if get_settings().provider_health:
-        from ketta.api.provider_health import router as health_router
-
-        app.include_router(health_router)
-    if get_settings().provider_pools and get_settings().llm_routing:
-        from ketta.api.pools import router as pools_router
-
-        app.include_router(pools_router)
-    if get_settings().usage_ledger:
-        from ketta.api import usage as usage_api
-
-        usage_api.install(app)  # GET /v1/usage/, /v1/ketta/budgets, /v1/ketta/prices; a spent budget answers 429
-    install_response_scrubbing(app)
-    install_log_scrubbing()
-    from ketta.api import user_tokens as user_tokens_api
-
-    user_tokens_api.mount(app)
-    _secrets_out_of_environment(app_module_settings=get_settings())
-    _operator_keys_out_of_letta(app_module_settings=get_settings())
-    if _server_token is not None:
-        if get_settings().web_app_dir:
-            from ketta.api import web_login
-
-            web_login.install(app, _server_token, get_settings().web_app_dir, user_tokens.resolve,
-                              int(get_settings().web_session_hours * 3600))
-        auth.install(app, _server_token, user_tokens.resolve)
-    if get_settings().cancel_on_disconnect:
-        from ketta.api.disconnect import CancelOnDisconnect
-
-        app.add_middleware(CancelOnDisconnect)
-    app.router.lifespan_context = _stopping_embedded_database(app.router.lifespan_context)
-    cors.outermost(app)  # last: preflights pass before any login middleware added above
-    return app
