@@ -87,8 +87,6 @@ def test_env_keys_sync_nothing_keys_are_encrypted_and_never_printed(default_serv
         assert SECRET not in api.get(path).text
     assert SECRET not in server.log_text()
 
-    assert SECRET not in server.log_text()
-
 
 def test_db_current_and_import_env_beside_a_running_embedded_server(default_server: SimpleNamespace) -> None:
     """`ketta db current` and `ketta providers import-env` find the running server's embedded
