@@ -273,8 +273,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "ketta/letta_modifications/services/provider_manager.py",
         "    changed = current.model_copy()",
         '    changed = current.model_copy(update={"api_key_enc": None})',
-        ("tests/letta_modifications/services/test_provider_edits.py::test_patch_with_only_base_url_keeps_the_key_and_relists_from_the_new_endpoint",),
-        "PATCH keeps the fields it was not sent (Klui's edit form sends only base_url).",
+        ("tests/letta_modifications/services/test_provider_edits.py::test_a_stored_key_never_follows_a_new_origin_by_itself",),
+        "PATCH keeps the fields it was not sent: a same-origin base_url edit keeps the stored key (Klui's edit form sends only base_url).",
     ),
     Mutation(
         "patch-key-not-checked",
