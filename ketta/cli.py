@@ -103,6 +103,7 @@ def server(
     import uvicorn
 
     from ketta import app as app_module, startup
+    from ketta.core import serving
     from ketta.security import auth, cors
     from ketta.db import database, migrations
     from ketta.security.keyring.key_files import KeyringError
@@ -150,8 +151,9 @@ def server(
         log_config = console.uvicorn_log_config(kind)
         if workers > 1:
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
-            uvicorn.run("ketta.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False,
-                        timeout_graceful_shutdown=grace, log_config=log_config)
+            # Each worker listens on a socket of its own, so connections are spread over them (core/serving.py).
+            serving.run_workers("ketta.app:create_app", host=host, port=port, workers=workers, access_log=False,
+                                timeout_graceful_shutdown=grace, log_config=log_config)
         else:
             uvicorn.run(app_, host=host, port=port, access_log=False, timeout_graceful_shutdown=grace, log_config=log_config)
     finally:

@@ -7,6 +7,7 @@ import re
 import socket
 import stat
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -174,6 +175,16 @@ def test_two_workers_accept_the_same_generated_token(start_ketta: Callable[..., 
             break
     assert len(served_by) >= 2, f"only {list(served_by)} of workers {children} answered"
     assert all(status == 200 for statuses in served_by.values() for status in statuses), served_by
+    # Connections opened together are spread over the workers (each listens on a socket of its own:
+    # ketta/core/serving.py): with one shared socket the first worker to wake took nearly all of them.
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(32)]
+    try:
+        assert [raw_get(conn, "/v1/health/", server.token) for conn in held] == [200] * 32
+        per_worker = Counter(worker_of(children, conn.getsockname()[1]) for conn in held)
+        assert all(per_worker[pid] >= 4 for pid in served_by), f"32 connections per worker: {per_worker}"
+    finally:
+        for conn in held:
+            conn.close()
     # `ketta token` prints the same token; it is in no log line.
     import subprocess
     import sys

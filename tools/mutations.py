@@ -1552,6 +1552,38 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_start_cost.py::test_a_patch_reverted_before_the_import_is_never_applied",),
         "Reverting the patches (stock behaviour) also cancels those still waiting for their module's import.",
     ),
+    Mutation(
+        "workers-share-one-socket",
+        "ketta/core/serving.py",
+        "target=self.target, sockets=[own])",
+        "target=self.target, sockets=self.sockets[:1])",
+        ("tests/test_auth.py::test_two_workers_accept_the_same_generated_token",),
+        "`ketta server --workers N`: each worker listens on a socket of its own, so connections opened together are spread over the workers.",
+    ),
+    Mutation(
+        "route-fields-built-at-construction",
+        "ketta/letta_modifications/server/rest_api/route_fields.py",
+        "replacement=nothing_at_construction,",
+        "replacement=_build_with_fastapis_post_init,",
+        ("tests/test_start_cost.py::test_route_fields_build_their_adapters_at_first_use_and_behave_as_stock",),
+        "A route field's TypeAdapter is built at its first use, not when Letta makes the route (~1.7 s of CPU per start).",
+    ),
+    Mutation(
+        "route-field-adapter-never-built",
+        "ketta/api/route_fields.py",
+        "        self._build(field)\n",
+        "        pass\n",
+        ("tests/test_start_cost.py::test_route_fields_build_their_adapters_at_first_use_and_behave_as_stock",),
+        "The deferred adapter is FastAPI's own, built at first use: requests validate and responses serialize as stock.",
+    ),
+    Mutation(
+        "route-fields-patched-after-letta",
+        "ketta/letta_modifications/__init__.py",
+        '    "ketta.letta_modifications.server.rest_api.route_fields",  # second: before any Letta route is made\n',
+        "",
+        ("tests/test_start_cost.py::test_route_fields_build_their_adapters_at_first_use_and_behave_as_stock",),
+        "The route-field patches are applied before any patch module imports Letta's routers.",
+    ),
 )
 
 

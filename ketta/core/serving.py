@@ -1,0 +1,62 @@
+"""``ketta server --workers N``: every worker listens on a socket of its own.
+
+uvicorn's ``--workers`` binds one socket in the supervisor and hands the same listening socket to
+every worker. When clients open keep-alive connections at once (16 clients of a benchmark, a
+proxy's pool), the worker that wakes first accepts nearly all of them and serves them alone while
+the other idles: 16 clients on 2 workers ran at about one core. Here the supervisor binds one
+socket per worker on the same address with ``SO_REUSEPORT`` and each worker listens only on its
+own, so the kernel spreads new connections over the workers by their addresses.
+
+The supervisor binds the sockets (not the workers) so the port is held before any worker starts
+and a taken port stops the start at once. Only processes of the same user that also set
+``SO_REUSEPORT`` can bind beside them; ``startup.check_port`` (a plain bind) refuses a second
+Ketta on a port in use before it gets here.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn._subprocess import get_subprocess
+from uvicorn.supervisors.multiprocess import HANDLED_SIGNALS, Multiprocess
+
+logger = logging.getLogger("uvicorn.error")
+
+
+def worker_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) that other workers' sockets may share (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class SocketPerWorker(Multiprocess):
+    """uvicorn's supervisor (signals, shutdown), but worker ``i`` is started with ``[sockets[i]]`` only."""
+
+    def startup(self) -> None:
+        logger.info("Started parent process [%d], a listening socket per worker", self.pid)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self.signal_handler)
+        for own in self.sockets:
+            process = get_subprocess(config=self.config, target=self.target, sockets=[own])
+            process.start()
+            self.processes.append(process)
+
+
+def run_workers(app: str, *, host: str, port: int, workers: int, **options: Any) -> None:
+    """``uvicorn.run(app, factory=True, workers=workers, ...)`` with a listening socket per worker."""
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers, **options)
+    sockets = [worker_socket(host, port) for _ in range(workers)]
+    try:
+        SocketPerWorker(config, target=uvicorn.Server(config=config).run, sockets=sockets).run()
+    finally:
+        for sock in sockets:
+            sock.close()
