@@ -137,3 +137,72 @@ def test_the_start_does_not_import_the_openai_resources_nor_nltk_to_patch_them()
     waiting = [p for _, p in letta_modifications.iter_patches() if letta_modifications._applied_on_import(p)]
     assert {p.module_name.split(".")[0] for p in waiting} == {"openai", "nltk"}
     assert all(letta_modifications._drift_from_source(p) is None for p in waiting)
+
+
+ROUTE_FIELDS_SCRIPT = r'''
+import json
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+from ketta.core import patching
+from ketta.letta_modifications.server.rest_api import route_fields
+
+class Item(BaseModel):
+    name: str
+    size: int = 1
+
+class Shown(BaseModel):
+    name: str
+
+def build():
+    app = FastAPI()
+    @app.post("/items/{item_id}", response_model=Shown)
+    def make(item_id: int, item: Item, q: str | None = None):
+        return {"name": f"{item.name}-{item_id}-{q}", "secret": "never shown"}
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/items/{item_id}")
+    fields = [route.response_field, route.body_field, *route.dependant.path_params, *route.dependant.query_params]
+    return app, fields
+
+def answers(app):
+    client = TestClient(app)
+    sent = [("/items/7?q=x", {"name": "a"}), ("/items/seven", {"name": "a"}), ("/items/7", {"size": "big"})]
+    return [[r.status_code, r.json()] for r in (client.post(url, json=body) for url, body in sent)]
+
+def built(fields):
+    return sum("_type_adapter" in f.__dict__ for f in fields)
+
+stock, stock_fields = build()
+result = {"stock_built_at_construction": built(stock_fields), "stock": answers(stock), "stock_doc": stock.openapi()}
+for patch in route_fields.PATCHES:
+    patching.apply(patch)
+app, fields = build()
+result["built_at_construction"] = built(fields)
+result["answers"] = answers(app)
+result["built_after_use"] = built(fields)
+result["doc"] = app.openapi()
+print(json.dumps(result))
+'''
+
+
+def test_route_fields_build_their_adapters_at_first_use_and_behave_as_stock():
+    """FastAPI's per-field TypeAdapters (~1.7 s of CPU of Letta's routes per start) wait for the
+    field's first use; validation, the response model's filtering and the OpenAPI document are
+    as stock. The patches come second (after the enums, whose import makes no route), before any
+    patch module's target imports Letta's routers."""
+    import json
+    import subprocess
+
+    from ketta import letta_modifications
+
+    # Right after the enum patch (whose import of Letta makes no route), before anything that does.
+    assert letta_modifications.PATCH_MODULES[1] == "ketta.letta_modifications.server.rest_api.route_fields"
+    ran = subprocess.run([sys.executable, "-c", ROUTE_FIELDS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result["stock_built_at_construction"] == 4  # response, body, path and query fields
+    assert result["built_at_construction"] == 0
+    assert result["built_after_use"] == 4
+    assert result["answers"] == result["stock"]
+    assert [status for status, _ in result["answers"]] == [200, 422, 422]
+    assert result["answers"][0][1] == {"name": "a-7-x"}  # the response model dropped "secret"
+    assert result["doc"] == result["stock_doc"]

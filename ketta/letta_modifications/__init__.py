@@ -22,6 +22,7 @@ from ketta.core.settings import KettaSettings
 
 PATCH_MODULES: tuple[str, ...] = (
     "ketta.letta_modifications.schemas.enums",
+    "ketta.letta_modifications.server.rest_api.route_fields",  # second: before any Letta route is made
     "ketta.letta_modifications.config",
     "ketta.letta_modifications.schemas.providers.openai",
     "ketta.letta_modifications.schemas.model",
