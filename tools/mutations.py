@@ -1632,7 +1632,8 @@ def _pytest(root: Path, selection: tuple[str, ...], timeout_s: float) -> tuple[s
         return "passed", last
     if result.returncode in (4, 5):  # usage error / nothing collected: the listed tests are wrong
         return "broken", f"pytest exit {result.returncode}: {last}"
-    return "failed", last
+    failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return "failed", "; ".join([last, *failed])  # which test failed: a baseline failure must say
 
 
 def run(mutation: Mutation | None, selection: tuple[str, ...], timeout_s: float) -> tuple[str, str]:
