@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -242,3 +243,21 @@ def test_user_tokens_may_not_write_or_run_tool_code_by_default(shared_server) ->
     assert allowed.status_code == 200 and allowed.json()["message_type"] == "tool_return_message", allowed.text
     for secret in server_secrets(shared_server, env_keys=False).values():  # whatever its interpreter did
         assert secret not in allowed.text
+
+
+def test_another_interpreter_finds_the_server_s_packages_when_the_server_has_a_pythonpath() -> None:
+    """Letta's sandbox gives a tool the server's own PYTHONPATH when the server has one (replacing
+    the site-packages KETTA_TOOL_PYTHON's interpreter needs): its entries stay, the server's
+    site-packages come after them, and that interpreter imports what the server has installed."""
+    import sysconfig
+
+    from ketta.security import tool_isolation
+
+    env = tool_isolation.with_server_packages({"PYTHONPATH": "/opt/bundled", "HOME": "/tmp"})
+    entries = env["PYTHONPATH"].split(os.pathsep)
+    assert entries[0] == "/opt/bundled" and sysconfig.get_paths()["purelib"] in entries and env["HOME"] == "/tmp"
+    interpreter = tool_python()
+    found = subprocess.run([interpreter, "-c", "import pg8000.native; print(pg8000.__file__)"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip().startswith(sysconfig.get_paths()["purelib"])

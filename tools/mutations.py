@@ -1584,6 +1584,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_start_cost.py::test_route_fields_build_their_adapters_at_first_use_and_behave_as_stock",),
         "The route-field patches are applied before any patch module imports Letta's routers.",
     ),
+    Mutation(
+        "tool-python-without-server-packages",
+        "ketta/security/tool_isolation.py",
+        'entries = [*env.get("PYTHONPATH", "").split(os.pathsep), paths["purelib"], paths["platlib"]]',
+        'entries = [*env.get("PYTHONPATH", "").split(os.pathsep)]',
+        ("tests/test_tool_isolation.py::test_another_interpreter_finds_the_server_s_packages_when_the_server_has_a_pythonpath",),
+        "KETTA_TOOL_PYTHON's interpreter finds the server's packages even when the server runs with a PYTHONPATH (which Letta hands the tool).",
+    ),
 )
 
 

@@ -100,12 +100,21 @@ def clean_environment(tool_env: dict[str, str], directory: str) -> dict[str, str
     """The environment of a tool process: a minimal base, then the tool's own variables."""
     base = {"PATH": BASE_PATH, "HOME": directory, "TMPDIR": directory, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     if tool_user() is not None and get_settings().tool_python:
-        # Another interpreter than the server's: it finds Letta (the generated script imports it) here.
-        import sysconfig
-
-        base["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+        base = with_server_packages(base)
     own = {k: v for k, v in tool_env.items() if v is not None and not k.upper().startswith(LOADER_VARIABLES)}
     return {**base, **own}
+
+
+def with_server_packages(env: dict[str, str]) -> dict[str, str]:
+    """``env`` whose PYTHONPATH also holds the server's site-packages, for another interpreter than
+    the server's (KETTA_TOOL_PYTHON): it finds Letta, which the generated script imports, there.
+    Letta's sandbox sets a tool's PYTHONPATH to the server's own when the server has one, which
+    would leave those out; its entries are kept, the site-packages added after them."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    entries = [*env.get("PYTHONPATH", "").split(os.pathsep), paths["purelib"], paths["platlib"]]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(e for e in entries if e))}
 
 
 def tool_python(server_python: str) -> str:

@@ -42,7 +42,10 @@ async def _execute_tool_subprocess(self: Any, sbx_config: Any, python_executable
     user = tool_isolation.tool_user()
     if user is not None:
         tool_isolation.hand_over(temp_file_path, user)
-        python_executable = tool_isolation.launcher(tool_isolation.tool_python(python_executable), user)
+        interpreter = tool_isolation.tool_python(python_executable)
+        if interpreter != python_executable:  # Letta may have put the server's PYTHONPATH in place of the site-packages
+            env = tool_isolation.with_server_packages(env)
+        python_executable = tool_isolation.launcher(interpreter, user)
     return await patching.original(SPAWN)(self, sbx_config, python_executable, temp_file_path, env, cwd)
 
 
