@@ -146,6 +146,23 @@ def worker_of(server_pids: set[int], client_port: int) -> int | None:
     return None
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open."""
+    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return {link.removeprefix("socket:[").removesuffix("]") for link in links if link.startswith("socket:[")}
+
+
+def listening_inodes(port: int) -> set[str]:
+    """The inodes of the TCP sockets in LISTEN state on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                found.add(fields[9])
+    return found
+
+
 @pytest.mark.slow
 def test_two_workers_accept_the_same_generated_token(start_ketta: Callable[..., KettaProcess], database_uri: str,
                                                       tmp_path: Path) -> None:
@@ -175,8 +192,13 @@ def test_two_workers_accept_the_same_generated_token(start_ketta: Callable[..., 
             break
     assert len(served_by) >= 2, f"only {list(served_by)} of workers {children} answered"
     assert all(status == 200 for statuses in served_by.values() for status in statuses), served_by
-    # Connections opened together are spread over the workers (each listens on a socket of its own:
-    # ketta/core/serving.py): with one shared socket the first worker to wake took nearly all of them.
+    # Each worker listens on a socket of its own (ketta/core/serving.py), so the kernel spreads new
+    # connections over them: with uvicorn's one shared socket, the first worker to wake took nearly
+    # all of a burst of keep-alive connections (the benchmark's 16 clients ran at about one core).
+    listening = listening_inodes(server.port)
+    assert len(listening) == 2, listening
+    assert sorted(len(socket_inodes(pid) & listening) for pid in served_by) == [1, 1]
+    assert set.union(*(socket_inodes(pid) & listening for pid in served_by)) == listening
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(32)]
     try:
         assert [raw_get(conn, "/v1/health/", server.token) for conn in held] == [200] * 32
