@@ -9,7 +9,7 @@ import stat
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -127,23 +127,12 @@ def raw_get(conn: socket.socket, path: str, token: str) -> int:
     return int(head.split()[1])
 
 
-def worker_of(server_pids: set[int], client_port: int) -> int | None:
-    """The pid among ``server_pids`` holding the server side of the TCP connection from ``client_port``."""
-    inodes = set()
+def tcp_sockets() -> Iterator[tuple[int, int, str, str]]:
+    """(local port, remote port, state, inode) of each TCP socket in this network namespace."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if remote_port == client_port:
-                inodes.add(fields[9])
-    for pid in server_pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
-                    return pid
-        except OSError:
-            continue
-    return None
+            yield int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -152,15 +141,21 @@ def socket_inodes(pid: int) -> set[str]:
     return {link.removeprefix("socket:[").removesuffix("]") for link in links if link.startswith("socket:[")}
 
 
+def worker_of(server_pids: set[int], client_port: int) -> int | None:
+    """The pid among ``server_pids`` holding the server side of the TCP connection from ``client_port``."""
+    inodes = {inode for _, remote_port, _, inode in tcp_sockets() if remote_port == client_port}
+    for pid in server_pids:
+        try:
+            if socket_inodes(pid) & inodes:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 def listening_inodes(port: int) -> set[str]:
     """The inodes of the TCP sockets in LISTEN state on ``port``."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                found.add(fields[9])
-    return found
+    return {inode for local_port, _, state, inode in tcp_sockets() if local_port == port and state == "0A"}
 
 
 @pytest.mark.slow
