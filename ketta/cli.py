@@ -152,8 +152,11 @@ def server(
         if workers > 1:
             # Workers re-run create_app; LETTA_PG_URI is exported so they share this database.
             # Each worker listens on a socket of its own, so connections are spread over them (core/serving.py).
-            serving.run_workers("ketta.app:create_app", host=host, port=port, workers=workers, access_log=False,
-                                timeout_graceful_shutdown=grace, log_config=log_config)
+            try:
+                serving.run_workers("ketta.app:create_app", host=host, port=port, workers=workers, access_log=False,
+                                    timeout_graceful_shutdown=grace, log_config=log_config)
+            except serving.PortTaken as exc:  # taken since check_port, or by another multi-worker Ketta
+                _fail(str(exc))
         else:
             uvicorn.run(app_, host=host, port=port, access_log=False, timeout_graceful_shutdown=grace, log_config=log_config)
     finally:

@@ -1561,6 +1561,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "`ketta server --workers N`: each worker listens on a socket of its own, so connections opened together are spread over the workers.",
     ),
     Mutation(
+        "workers-claim-no-address",
+        "ketta/core/serving.py",
+        'claim.bind(f"\\0ketta-serving-{host}-{port}")',
+        'claim.bind("")',
+        ("tests/test_serving.py::test_a_second_multi_worker_ketta_on_the_same_address_is_refused_before_it_binds",),
+        "Two `ketta server --workers N` on one port: the second is refused, though SO_REUSEPORT would let it bind beside the first.",
+    ),
+    Mutation(
+        "worker-bind-failure-as-traceback",
+        "ketta/core/serving.py",
+        "    except OSError as exc:\n        for sock in sockets:",
+        "    except PermissionError as exc:\n        for sock in sockets:",
+        ("tests/test_serving.py::test_a_port_bound_since_the_check_is_refused_in_one_line_and_the_claim_let_go",),
+        "A worker socket that cannot be bound (port taken since the check) is a one-line refusal, not an OSError traceback.",
+    ),
+    Mutation(
         "route-fields-built-at-construction",
         "ketta/letta_modifications/server/rest_api/route_fields.py",
         "replacement=nothing_at_construction,",

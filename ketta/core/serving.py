@@ -9,12 +9,14 @@ own, so the kernel spreads new connections over the workers by their addresses.
 
 The supervisor binds the sockets (not the workers) so the port is held before any worker starts
 and a taken port stops the start at once. Only processes of the same user that also set
-``SO_REUSEPORT`` can bind beside them; ``startup.check_port`` (a plain bind) refuses a second
-Ketta on a port in use before it gets here.
+``SO_REUSEPORT`` can bind beside them: another ``ketta server --workers N``. So the supervisor
+first takes the address's claim, an abstract Unix socket named after it, which one process at a
+time can hold; two such servers started at the same instant on one port cannot both serve it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -25,6 +27,26 @@ from uvicorn._subprocess import get_subprocess
 from uvicorn.supervisors.multiprocess import HANDLED_SIGNALS, Multiprocess
 
 logger = logging.getLogger("uvicorn.error")
+
+
+class PortTaken(RuntimeError):
+    """The address is claimed or bound by another process: the message says which and what to do."""
+
+
+def claim_address(host: str, port: int) -> socket.socket:
+    """Hold the claim on (host, port) for as long as the returned socket is open (closed at exit).
+
+    ``SO_REUSEPORT`` lets any process of the same user bind beside these sockets; the claim, an
+    abstract Unix socket whose name is the address, is what keeps a second multi-worker Ketta out.
+    """
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0ketta-serving-{host}-{port}")
+    except OSError:
+        claim.close()
+        raise PortTaken(f"Port {port} on {host} is in use by another `ketta server --workers`: pick another "
+                        "with --port, or stop that server.") from None
+    return claim
 
 
 def worker_socket(host: str, port: int) -> socket.socket:
@@ -52,11 +74,29 @@ class SocketPerWorker(Multiprocess):
 
 
 def run_workers(app: str, *, host: str, port: int, workers: int, **options: Any) -> None:
-    """``uvicorn.run(app, factory=True, workers=workers, ...)`` with a listening socket per worker."""
+    """``uvicorn.run(app, factory=True, workers=workers, ...)`` with a listening socket per worker.
+
+    Raises PortTaken, before any worker starts, when the address is claimed or cannot be bound.
+    """
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers, **options)
-    sockets = [worker_socket(host, port) for _ in range(workers)]
+    with claim_address(host, port):
+        sockets = worker_sockets(host, port, workers)
+        try:
+            SocketPerWorker(config, target=uvicorn.Server(config=config).run, sockets=sockets).run()
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def worker_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One bound socket per worker, or PortTaken with none left open."""
+    sockets: list[socket.socket] = []
     try:
-        SocketPerWorker(config, target=uvicorn.Server(config=config).run, sockets=sockets).run()
-    finally:
+        for _ in range(workers):
+            sockets.append(worker_socket(host, port))
+    except OSError as exc:
         for sock in sockets:
             sock.close()
+        reason = "is in use (another server?)" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        raise PortTaken(f"Port {port} on {host} {reason}: pick another with --port, or stop what listens there.") from None
+    return sockets
