@@ -344,7 +344,7 @@ def statements_logged(db_uri: str) -> Iterator[Callable[[], str]]:
 def test_a_message_costs_at_most_its_statements_and_transactions(shared_server: KettaProcess) -> None:
     """Issue 24's budget: a non-streaming message (one LLM call) after a warm-up, counted by
     PostgreSQL itself; every row is still stored (the test above, and the one against Letta's own
-    way below)."""
+    way below). Its in-context messages are read with one array parameter."""
     messages = 3
     database = sa.engine.make_url(sync_url(shared_server.db_uri)).database
     with MockOpenAI(api_key="sk-good") as llm, shared_server.client() as client:
@@ -354,7 +354,11 @@ def test_a_message_costs_at_most_its_statements_and_transactions(shared_server: 
         with statements_logged(shared_server.db_uri) as logged:
             for i in range(messages):
                 send(client, agent_id, f"message {i}")
-            figures = db_statements.parse_log(without_background(logged()), database).per_message(messages)
+            log = without_background(logged())
+            figures = db_statements.parse_log(log, database).per_message(messages)
+    # The in-context messages are read by id as one array (ketta/db/in_lists.py): the same statement
+    # for every context length, not a new one (prepared and cached anew) after every message.
+    assert "messages.id = ANY ($1::VARCHAR[])" in log and "messages.id IN ($1" not in log, log[-3000:]
     by_table = ", ".join(f"{name} {n:.1f}" for name, n in list(figures["by_table"].items())[:20])
     print(f"per message: {figures['statements']:.1f} statements, {figures['transactions']:.1f} transactions; {by_table}")
     assert figures["statements"] <= STATEMENTS_PER_MESSAGE, f"{figures['statements']:.1f} statements per message: {by_table}"

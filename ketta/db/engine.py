@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ketta.core.settings import get_settings
-from ketta.db import round_trips
+from ketta.db import in_lists, round_trips
 
 log = logging.getLogger("ketta.db")
 
@@ -67,6 +67,8 @@ def session_factory() -> async_sessionmaker[AsyncSession]:
         _release_closed_loops()
         engine = create_async_engine(_async_uri(), **engine_options())
         settings = get_settings()
+        if settings.db_in_lists_as_arrays:
+            in_lists.install(engine)
         if settings.db_fewer_round_trips:
             round_trips.install(engine, ping_after_idle_s=settings.db_ping_after_idle, defer_begin=not settings.db_pgbouncer)
             round_trips.skip_unused_relationships(engine)
