@@ -196,10 +196,12 @@ class Session:
                               json={"messages": [{"role": "user", "content": f"Message number {i}."}]})
 
 
-def make_agent(http: httpx.Client, chat_handle: str, embedding_handle: str) -> str:
+def make_agent(http: httpx.Client, chat_handle: str, embedding_handle: str, context_window: int | None = None) -> str:
+    """A letta_v1_agent on the mock's handles; ``context_window`` (tokens) sets its context_window_limit."""
+    limit = {"context_window_limit": context_window} if context_window else {}
     agent = http.post("/v1/agents/", json={"name": f"bench-{uuid.uuid4().hex[:6]}", "agent_type": AGENT_TYPE,
                                            "model": chat_handle, "embedding": embedding_handle,
-                                           "memory_blocks": [{"label": "human", "value": "A benchmark."}]})
+                                           "memory_blocks": [{"label": "human", "value": "A benchmark."}], **limit})
     if agent.status_code != 200:
         raise RuntimeError(f"POST /v1/agents/ answered {agent.status_code}: {agent.text[:300]}")
     return agent.json()["id"]

@@ -11,9 +11,12 @@ which the issue wants under 5 %.
 An agent's context grows with every message, and each message loads all of it: RSS then grows with
 the working set, leak or not. ``--reset-every N`` resets each agent's messages
 (``PATCH /v1/agents/{id}/reset-messages``) after every N of its requests, so every request does the
-same work all the run long and growth after warm-up is memory kept.
+same work all the run long and growth after warm-up is memory kept. ``--context-window T`` gives
+each agent a context window of T tokens instead: Letta compacts (summarizes) a context that grows
+past it, as it does for a long-lived agent, so contexts stay bounded the way Letta bounds them. At
+the end the run prints how many messages the agents' contexts hold.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--clients 16] [--workers 2] [--every 30] [--reset-every 40]
+    .venv/bin/python bench/soak.py [--minutes 30] [--clients 16] [--workers 2] [--every 30] [--reset-every 40 | --context-window 12000]
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
     parser.add_argument("--every", type=float, default=30, help="seconds between RSS samples (default 30)")
     parser.add_argument("--reset-every", type=int, default=0, help="reset each agent's messages after this many requests (default 0: never)")
+    parser.add_argument("--context-window", type=int, default=0, help="each agent's context window in tokens; Letta compacts past it (default 0: the model's)")
     args = parser.parse_args(argv)
     from ketta.db.database import EmbeddedPostgres, free_port
     from mock_openai import MockOpenAI
@@ -122,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 with httpx.Client(base_url=server.url, timeout=120, headers=shared.AUTH_HEADERS) as http:
                     shared.create_provider(http, "soak-provider", llm)
                     chat, embedding = shared.listed_handles(http, "soak-provider", llm.base_url)
-                    agent_ids = [shared.make_agent(http, chat, embedding) for _ in range(args.clients)]
+                    agent_ids = [shared.make_agent(http, chat, embedding, args.context_window) for _ in range(args.clients)]
                 seconds = args.minutes * 60
                 reset = f", messages reset every {args.reset_every} requests" if args.reset_every else ""
+                reset += f", context window {args.context_window} tokens" if args.context_window else ""
                 print(f"ketta server, {args.workers} workers, {args.clients} clients, {args.minutes:g} min{reset}", flush=True)
                 counts = {"requests": 0, "errors": 0}
                 samples: list[tuple[float, dict[int, float]]] = []
@@ -134,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                                          sample(server.proc.pid, seconds, args.every, counts, samples))
 
                 asyncio.run(run())
+                with httpx.Client(base_url=server.url, timeout=120, headers=shared.AUTH_HEADERS) as http:
+                    held = sorted(len(http.get(f"/v1/agents/{agent_id}").json().get("message_ids") or []) for agent_id in agent_ids)
+                print(f"messages in the agents' contexts at the end: {held[0]} to {held[-1]}", flush=True)
             finally:
                 server.stop()
         failures = {key: value for key, value in counts.items() if key not in ("requests", "errors")}
