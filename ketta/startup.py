@@ -7,9 +7,10 @@ is reported before any of it, in one line.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+from ketta.core import ports
 
 
 class PortInUse(RuntimeError):
@@ -18,14 +19,10 @@ class PortInUse(RuntimeError):
 
 def check_port(host: str, port: int) -> None:
     """Bind (host, port) the way uvicorn will, and release it; refuse clearly if that fails."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+        ports.bound_socket(host, port).close()
     except OSError as exc:
-        reason = "is in use (another server?)" if exc.errno in (98, 48) else f"cannot be used ({exc.strerror})"
-        raise PortInUse(f"Port {port} on {host} {reason}: pick another with --port, or stop what listens there.") from None
+        raise PortInUse(ports.refusal(host, port, exc)) from None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ time can hold; two such servers started at the same instant on one port cannot b
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import socket
@@ -25,6 +24,8 @@ from typing import Any
 import uvicorn
 from uvicorn._subprocess import get_subprocess
 from uvicorn.supervisors.multiprocess import HANDLED_SIGNALS, Multiprocess
+
+from ketta.core import ports
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -51,11 +52,7 @@ def claim_address(host: str, port: int) -> socket.socket:
 
 def worker_socket(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port) that other workers' sockets may share (``SO_REUSEPORT``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    sock = ports.bound_socket(host, port, share_port=True)
     sock.set_inheritable(True)
     return sock
 
@@ -97,6 +94,5 @@ def worker_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        reason = "is in use (another server?)" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
-        raise PortTaken(f"Port {port} on {host} {reason}: pick another with --port, or stop what listens there.") from None
+        raise PortTaken(ports.refusal(host, port, exc)) from None
     return sockets
